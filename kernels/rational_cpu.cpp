@@ -1,0 +1,120 @@
+// CPU path of the rational activation: the per-element math of rational_math.h in loops the host
+// compiler vectorizes, built once per degree pair and version by ratsweep.rational.cpu with
+// -march=native -fopenmp. Loaded into a process where torch already holds its libgomp, the
+// OpenMP regions run on torch's own thread pool (same soname), so the two never oversubscribe cores.
+//
+// Backward is one pass: each group of LANES elements (one full vector register) computes dx and adds
+// its coefficient-gradient terms into per-lane accumulators that stay in registers; every BLOCK
+// elements the lanes are summed into double totals, so sums stay accurate for any tensor size.
+// Threads take fixed, contiguous ranges of blocks and add their totals in thread order, so results
+// are bitwise reproducible for a given thread count.
+#include "rational_math.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int VECTOR_BYTES = 64;
+#elif defined(__AVX__)
+constexpr int VECTOR_BYTES = 32;
+#else
+constexpr int VECTOR_BYTES = 16;
+#endif
+constexpr long long BLOCK = 4096;
+// Below this many elements a parallel region costs more than it saves.
+constexpr long long PARALLEL_MIN = 1 << 15;
+
+template <typename C>
+void forward(const C* __restrict__ x, C* __restrict__ y, long long n, const C* num, const C* den) {
+  rs::Coefs<C> c;
+  rs::load_coefs(num, den, c);
+#pragma omp parallel for simd schedule(static) if (n >= PARALLEL_MIN)
+  for (long long i = 0; i < n; ++i) y[i] = rs::value(x[i], c);
+}
+
+// Adds the coefficient-gradient terms of elements [start, end) to total and writes their dx.
+template <typename C>
+void backward_block(const C* __restrict__ x, const C* __restrict__ dy, C* __restrict__ dx, long long start,
+                    long long end, const rs::Coefs<C>& c, double (&total)[rs::NUM_GRADS]) {
+  constexpr int LANES = VECTOR_BYTES / int(sizeof(C));
+  C acc[rs::NUM_GRADS][LANES] = {};
+  long long i = start;
+  for (; i + LANES <= end; i += LANES) {
+#pragma omp simd
+    for (int lane = 0; lane < LANES; ++lane) {
+      const C xi = x[i + lane];
+      const rs::Partials<C> g = rs::backward(xi, dy[i + lane], c);
+      dx[i + lane] = g.dx;
+#define RS_LANE_ACC(k) acc[k][lane]
+      RS_ADD_GRAD_TERMS(RS_LANE_ACC, xi, g);
+#undef RS_LANE_ACC
+    }
+  }
+  for (; i < end; ++i) {
+    const rs::Partials<C> g = rs::backward(x[i], dy[i], c);
+    dx[i] = g.dx;
+#define RS_FIRST_LANE_ACC(k) acc[k][0]
+    RS_ADD_GRAD_TERMS(RS_FIRST_LANE_ACC, x[i], g);
+#undef RS_FIRST_LANE_ACC
+  }
+  for (int k = 0; k < rs::NUM_GRADS; ++k) {
+    C sum = C(0);
+    for (int lane = 0; lane < LANES; ++lane) sum += acc[k][lane];
+    total[k] += double(sum);
+  }
+}
+
+template <typename C>
+void backward(const C* __restrict__ x, const C* __restrict__ dy, C* __restrict__ dx, long long n,
+              const C* num, const C* den, double* grad) {
+  rs::Coefs<C> c;
+  rs::load_coefs(num, den, c);
+  const long long blocks = (n + BLOCK - 1) / BLOCK;
+  double total[rs::NUM_GRADS] = {};
+#pragma omp parallel if (n >= PARALLEL_MIN)
+  {
+    double mine[rs::NUM_GRADS] = {};
+#pragma omp for schedule(static)
+    for (long long b = 0; b < blocks; ++b) {
+      const long long start = b * BLOCK;
+      backward_block(x, dy, dx, start, n - start < BLOCK ? n : start + BLOCK, c, mine);
+    }
+#ifdef _OPENMP
+#pragma omp for ordered schedule(static, 1)
+    for (int t = 0; t < omp_get_num_threads(); ++t) {
+#pragma omp ordered
+      for (int k = 0; k < rs::NUM_GRADS; ++k) total[k] += mine[k];
+    }
+#else
+    for (int k = 0; k < rs::NUM_GRADS; ++k) total[k] += mine[k];
+#endif
+  }
+  for (int k = 0; k < rs::NUM_GRADS; ++k) {
+    const double scale = k < rs::NUM_COEFS ? 1.0 : double(rs::den_grad_scale(den, k - rs::NUM_COEFS));
+    grad[k] = total[k] * scale;
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+void rational_forward_f32(const float* x, float* y, long long n, const float* num, const float* den) {
+  forward(x, y, n, num, den);
+}
+void rational_forward_f64(const double* x, double* y, long long n, const double* num, const double* den) {
+  forward(x, y, n, num, den);
+}
+void rational_backward_f32(const float* x, const float* dy, float* dx, long long n, const float* num,
+                           const float* den, double* grad) {
+  backward(x, dy, dx, n, num, den, grad);
+}
+void rational_backward_f64(const double* x, const double* dy, double* dx, long long n, const double* num,
+                           const double* den, double* grad) {
+  backward(x, dy, dx, n, num, den, grad);
+}
+
+}  // extern "C"

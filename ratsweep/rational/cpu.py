@@ -1,0 +1,140 @@
+"""The `cpu` backend: kernels/rational_cpu.cpp, built by the host C++ compiler on first use.
+
+One shared library per (degrees, version) with everything a compile-time constant, so the compiler
+unrolls the polynomials and vectorizes the loops (-march=native: 16 fp32 lanes with AVX-512, 8 with
+AVX2). Threads are OpenMP's, on torch's own runtime (see the .cpp), so torch.set_num_threads applies.
+Builds are cached under ~/.cache/ratsweep (RATSWEEP_CACHE_DIR overrides), keyed by source, flags,
+compiler and CPU, and written atomically so parallel trials can share the cache.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from ._native import KernelError, cache_dir, compile_defines, degrees_of, dense, kernel_source, like
+
+FLAGS = (
+    "-std=c++17", "-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno",
+    "-fno-trapping-math", "-ffp-contract=fast", "-fPIC", "-shared",
+)
+# Tried in order: OpenMP threads, else a single-threaded (still vectorized) build.
+THREADING_FLAGS = (("-fopenmp",), ("-fopenmp-simd",))
+
+_ptr, _i64 = ctypes.c_void_p, ctypes.c_longlong
+_SIGNATURES = {
+    "rational_forward_f32": [_ptr, _ptr, _i64, _ptr, _ptr],
+    "rational_forward_f64": [_ptr, _ptr, _i64, _ptr, _ptr],
+    "rational_backward_f32": [_ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr],
+    "rational_backward_f64": [_ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr],
+}
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+_build_lock = threading.Lock()
+_libraries: dict[tuple, ctypes.CDLL] = {}
+
+
+def compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+
+
+def available() -> bool:
+    return compiler() is not None
+
+
+@cache
+def _toolchain_id(cxx: str) -> str:
+    """Compiler version and CPU features: a cached build is only reused where it was built for."""
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    cpu = platform.machine()
+    try:
+        flags = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")]
+        cpu += flags[0] if flags else ""
+    except OSError:
+        cpu += platform.processor()
+    return version + cpu
+
+
+def library(degrees: tuple[int, int], version: str) -> ctypes.CDLL:
+    key = (degrees, version)
+    lib = _libraries.get(key)
+    if lib is None:
+        with _build_lock:
+            lib = _libraries.get(key) or _load(degrees, version)
+            _libraries[key] = lib
+    return lib
+
+
+def _load(degrees: tuple[int, int], version: str) -> ctypes.CDLL:
+    cxx = compiler()
+    if cxx is None:
+        raise KernelError("no C++ compiler found (set CXX or install g++)")
+    source = kernel_source("rational_cpu.cpp")
+    defines = compile_defines(degrees, version)
+    digest = hashlib.sha256("\0".join([source, *FLAGS, *defines, _toolchain_id(cxx)]).encode()).hexdigest()
+    m, n = degrees
+    path = cache_dir() / f"rational_cpu_{m}_{n}_{version}_{digest[:16]}.so"
+    if not path.exists():
+        _build(cxx, source, defines, path)
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        raise KernelError(f"could not load {path}: {e}") from e
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, None
+    return lib
+
+
+def _build(cxx: str, source: str, defines: tuple[str, ...], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        src, out = Path(tmp) / "rational_cpu.cpp", Path(tmp) / "rational_cpu.so"
+        src.write_text(source)
+        for threading_flags in THREADING_FLAGS:
+            cmd = [cxx, *FLAGS, *threading_flags, *defines, str(src), "-o", str(out)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode == 0:
+                os.replace(out, path)  # atomic: concurrent builders never see a partial file
+                return
+        raise KernelError(f"{cxx} could not build the CPU rational kernel:\n{proc.stderr[-4000:]}")
+
+
+def _prepare(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor):
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xc = dense(x.to(dtype))
+    a = numerator.detach().to(dtype).contiguous()
+    b = denominator.detach().to(dtype).contiguous()
+    return xc, a, b
+
+
+def forward(x: torch.Tensor, numerator, denominator, version: str) -> torch.Tensor:
+    xc, a, b = _prepare(x, numerator, denominator)
+    y = torch.empty_like(xc)
+    if xc.numel():
+        fn = getattr(library(degrees_of(a, b, version), version), f"rational_forward_{_SUFFIX[xc.dtype]}")
+        fn(xc.data_ptr(), y.data_ptr(), xc.numel(), a.data_ptr(), b.data_ptr())
+    return y.to(x.dtype)
+
+
+def backward(grad: torch.Tensor, x: torch.Tensor, numerator, denominator, version: str):
+    xc, a, b = _prepare(x, numerator, denominator)
+    g = like(grad.to(xc.dtype), xc)
+    dx = torch.empty_like(xc)
+    grads = torch.zeros(a.numel() + b.numel(), dtype=torch.float64)
+    if xc.numel():
+        fn = getattr(library(degrees_of(a, b, version), version), f"rational_backward_{_SUFFIX[xc.dtype]}")
+        fn(xc.data_ptr(), g.data_ptr(), dx.data_ptr(), xc.numel(), a.data_ptr(), b.data_ptr(), grads.data_ptr())
+    grad_num = grads[: a.numel()].to(numerator.dtype, copy=True)  # copies: custom-op outputs may not alias
+    grad_den = grads[a.numel() :].to(denominator.dtype, copy=True)
+    return dx.to(x.dtype), grad_num, grad_den

@@ -1,0 +1,120 @@
+"""`rational(x, numerator, denominator)`: one differentiable op over three backends.
+
+The op is registered with torch.library (with a fake implementation), so torch.compile'd models call
+it without a graph break, and autograd saves only x and the coefficients for backward. `backend`:
+  torch  plain torch ops (reference.py), any device
+  cpu    fused, vectorized C++ kernels (cpu.py)
+  cuda   fused CUDA kernels through CuPy (cuda.py)
+  auto   cuda for CUDA tensors, cpu for CPU tensors; where that backend cannot run (no CuPy, no
+         compiler, a failed build or launch) it warns once and uses the torch path. Naming a
+         backend explicitly never falls back: its failure is an error.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from . import cpu, cuda, reference
+from ._native import VERSION_CODES, KernelError
+
+BACKENDS = ("auto", "torch", "cpu", "cuda")
+_COMPILED = {"cpu": cpu, "cuda": cuda}
+_INSTALL_HINT = {
+    "cuda": "install CuPy for your CUDA version: pip install 'ratsweep[cuda12]' or 'ratsweep[cuda13]'",
+    "cpu": "install a C++ compiler (g++) or set CXX",
+}
+_disabled: dict[str, str] = {}
+
+
+def _disable(name: str, reason: str) -> None:
+    if name not in _disabled:
+        _disabled[name] = reason
+        warnings.warn(
+            f"ratsweep: the {name} rational kernels are unavailable ({reason}); "
+            f"falling back to the slower torch path. To fix: {_INSTALL_HINT[name]}.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The backend that runs for a tensor on `device` (for logging which kernels a run used)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend != "auto":
+        if backend in _COMPILED and device.type != backend:
+            raise ValueError(f"backend={backend!r} cannot run on a {device.type} tensor")
+        return backend
+    name = device.type if device.type in _COMPILED else "torch"
+    if name == "torch" or name in _disabled:
+        return "torch"
+    if not _COMPILED[name].available():
+        _disable(name, "CuPy is not installed" if name == "cuda" else "no C++ compiler found")
+        return "torch"
+    return name
+
+
+def _call(method: str, backend: str, device: torch.device, *args):
+    name = resolve_backend(backend, device)
+    if name != "torch":
+        try:
+            return getattr(_COMPILED[name], method)(*args)
+        except KernelError as e:
+            if backend != "auto":
+                raise
+            _disable(name, str(e).splitlines()[0])
+    return getattr(reference, method)(*args)
+
+
+@torch.library.custom_op("ratsweep::rational", mutates_args=())
+def _rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, version: str, backend: str) -> torch.Tensor:
+    return _call("forward", backend, x.device, x, numerator, denominator, version)
+
+
+@_rational.register_fake
+def _rational_fake(x, numerator, denominator, version, backend):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("ratsweep::rational_backward", mutates_args=())
+def _rational_backward(
+    grad: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, version: str, backend: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _call("backward", backend, x.device, grad, x, numerator, denominator, version)
+
+
+@_rational_backward.register_fake
+def _rational_backward_fake(grad, x, numerator, denominator, version, backend):
+    return torch.empty_like(x), torch.empty_like(numerator), torch.empty_like(denominator)
+
+
+def _setup_context(ctx, inputs, output):
+    x, numerator, denominator, version, backend = inputs
+    ctx.save_for_backward(x, numerator, denominator)
+    ctx.version, ctx.backend = version, backend
+
+
+def _backward(ctx, grad):
+    x, numerator, denominator = ctx.saved_tensors
+    dx, dnum, dden = _rational_backward(grad, x, numerator, denominator, ctx.version, ctx.backend)
+    return dx, dnum, dden, None, None
+
+
+_rational.register_autograd(_backward, setup_context=_setup_context)
+
+
+def rational(
+    x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, version: str = "A", backend: str = "auto"
+) -> torch.Tensor:
+    """F(x) = P(x)/Q(x) elementwise; numerator a_0..a_m, denominator b_1..b_n (b_0..b_n for C).
+
+    Version D is version B with noisy coefficients, which `Rational` applies; here it is B.
+    """
+    version = "B" if version == "D" else version
+    if version not in VERSION_CODES:
+        raise ValueError(f"version: expected one of A, B, C, D, got {version!r}")
+    if not (x.is_floating_point() and x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)):
+        raise TypeError(f"x: expected a float16, bfloat16, float32 or float64 tensor, got {x.dtype}")
+    return _rational(x, numerator, denominator, version, backend)
