@@ -17,14 +17,17 @@ class KernelError(RuntimeError):
     """A compiled backend could not build or launch its kernel."""
 
 
-@cache
-def kernels_dir() -> Path:
-    """kernels/ inside an installed wheel, else the repository's top-level kernels/."""
-    package = Path(__file__).resolve().parent.parent
+def find_kernels(package: Path) -> Path:
+    """kernels/ inside an installed wheel's package, else the source checkout's top-level kernels/."""
     for candidate in (package / "kernels", package.parent / "kernels"):
         if (candidate / "rational_math.h").is_file():
             return candidate
     raise KernelError(f"kernel sources not found next to {package}")
+
+
+@cache
+def kernels_dir() -> Path:
+    return find_kernels(Path(__file__).resolve().parent.parent)
 
 
 @cache

@@ -25,7 +25,7 @@ def replace_activations(
     """
     replaced: dict[int, nn.Module] = {}
     for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
+        for name, child in list(parent._modules.items()):  # every slot: named_children() skips repeats
             if isinstance(child, types) and not isinstance(child, Rational):
                 if id(child) not in replaced:
                     new = factory()

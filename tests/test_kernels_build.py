@@ -1,0 +1,72 @@
+"""The kernel sources build: CUDA with nvcc (where it exists, no GPU needed), CPU with the host
+compiler, and both ship inside the wheel."""
+
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ratsweep.rational import cpu
+from ratsweep.rational._native import cache_dir, compile_defines, find_kernels, kernels_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+CU_FILES = sorted((ROOT / "kernels").glob("*.cu"))
+CONFIGS = [((5, 4), "A"), ((1, 1), "B"), ((8, 8), "C"), ((3, 6), "A")]
+nvcc = shutil.which("nvcc")
+needs_nvcc = pytest.mark.skipif(nvcc is None, reason="nvcc not on PATH")
+
+
+def test_there_are_cuda_kernels():
+    assert [p.name for p in CU_FILES] == ["rational.cu"]
+
+
+@needs_nvcc
+@pytest.mark.parametrize("source", CU_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("degrees,version", CONFIGS)
+def test_cuda_kernels_compile_to_ptx(source, degrees, version, tmp_path):
+    out = tmp_path / "k.ptx"
+    cmd = [nvcc, "-std=c++17", "-ptx", "-arch=sm_80", "-DRS_INSTANTIATE", *compile_defines(degrees, version), str(source), "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    entries = re.findall(r"\.visible \.entry (\w+)", out.read_text())
+    assert sum("rational_forward" in e for e in entries) == 5
+    assert sum("rational_backward" in e for e in entries) == 5
+
+
+@needs_nvcc
+@pytest.mark.parametrize("degrees,version", [((5, 4), "A"), ((8, 8), "C")])
+def test_cuda_kernels_fit_in_registers_on_hopper(degrees, version, tmp_path):
+    """Machine code for sm_90: no local-memory spills (they would cost bandwidth in a memory-bound op)."""
+    cmd = [nvcc, "-std=c++17", "-cubin", "-arch=sm_90", "-Xptxas", "-v", "-DRS_INSTANTIATE", *compile_defines(degrees, version),
+           str(ROOT / "kernels" / "rational.cu"), "-o", str(tmp_path / "k.cubin")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    spills = re.findall(r"(\d+) bytes spill stores", proc.stderr)
+    assert len(spills) == 10 and set(spills) == {"0"}
+
+
+def test_cpu_library_is_built_once_and_cached():
+    lib = cpu.library((2, 3), "B")
+    assert cpu.library((2, 3), "B") is lib
+    built = list(cache_dir().glob("rational_cpu_2_3_B_*.so"))
+    assert len(built) == 1
+
+
+def test_wheel_ships_the_kernels_and_finds_them(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = tmp_path.glob("ratsweep-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for source in ("rational.cu", "rational_cpu.cpp", "rational_math.h"):
+        assert f"ratsweep/kernels/{source}" in names
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    assert find_kernels(site / "ratsweep") == site / "ratsweep" / "kernels"  # installed: inside the package
+    assert kernels_dir() == ROOT / "kernels"  # a checkout uses its own top-level sources
