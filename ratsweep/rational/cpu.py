@@ -45,7 +45,10 @@ _libraries: dict[tuple, ctypes.CDLL] = {}
 
 
 def compiler() -> str | None:
-    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    """$CXX if it names an executable, else the first of c++, g++, clang++ on PATH."""
+    if os.environ.get("CXX"):
+        return shutil.which(os.environ["CXX"])
+    return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 
 
 def available() -> bool:
@@ -78,7 +81,7 @@ def library(degrees: tuple[int, int], version: str) -> ctypes.CDLL:
 def _load(degrees: tuple[int, int], version: str) -> ctypes.CDLL:
     cxx = compiler()
     if cxx is None:
-        raise KernelError("no C++ compiler found (set CXX or install g++)")
+        raise KernelError(f"no C++ compiler found (CXX={os.environ.get('CXX', '')!r}; install g++ or set CXX)")
     source = kernel_source("rational_cpu.cpp")
     defines = compile_defines(degrees, version)
     digest = hashlib.sha256("\0".join([source, *FLAGS, *defines, _toolchain_id(cxx)]).encode()).hexdigest()
@@ -103,7 +106,10 @@ def _build(cxx: str, source: str, defines: tuple[str, ...], path: Path) -> None:
         src.write_text(source)
         for threading_flags in THREADING_FLAGS:
             cmd = [cxx, *FLAGS, *threading_flags, *defines, str(src), "-o", str(out)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+            except OSError as e:
+                raise KernelError(f"could not run {cxx}: {e}") from e
             if proc.returncode == 0:
                 os.replace(out, path)  # atomic: concurrent builders never see a partial file
                 return

@@ -1,0 +1,209 @@
+"""Rational activation kernels vs GELU and vs the torch reference path, on one tensor, in one run.
+
+    python benchmarks/rational_kernels.py                      # every device here, default sizes
+    python benchmarks/rational_kernels.py --device cuda --output benchmarks/results/rational_kernels_h100.md
+
+For each device x dtype x size: forward and backward time (median), effective GB/s (forward moves
+x and y, backward x, dy and dx), the ratio to GELU and to the reference path on the same tensor,
+bytes autograd saves for backward, and (CUDA) peak memory of forward+backward and the fraction of
+the device-to-device copy bandwidth measured in the same run. Not a test: it asserts nothing, it
+prints the targets next to the numbers.
+
+On CPU the process re-executes itself with glibc's mmap/trim thresholds fixed, so freed activations
+stay mapped: otherwise every 16 MB output is page-faulted in afresh at random (~4 ms here), for GELU
+and rational alike, and the comparison measures the kernel's luck with the allocator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+
+_STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 32), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
+if __name__ == "__main__" and any(os.environ.get(k) != v for k, v in _STEADY_MALLOC.items()):
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **_STEADY_MALLOC})
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from ratsweep.rational import Rational, functional  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Timer:
+    """Median wall time of fn() in ms: CUDA events on a GPU, perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device, reps: int):
+        self.device, self.reps = device, reps
+
+    def __call__(self, fn, reps: int | None = None) -> float:
+        reps = reps or self.reps
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(reps):
+            if self.device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+
+def saved_bytes(fn, x: torch.Tensor) -> int:
+    """Bytes of the tensors autograd keeps for backward when fn(x) runs."""
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        fn(x)
+    return sum(t.numel() * t.element_size() for t in saved)
+
+
+def measure(name: str, fn, x: torch.Tensor, dy: torch.Tensor, timer: Timer, reps: int | None = None) -> dict:
+    inputs = [x, *[p for p in getattr(fn, "parameters", lambda: [])()]]
+
+    def forward():
+        with torch.no_grad():
+            fn(x)
+
+    y = fn(x)
+
+    def backward():
+        torch.autograd.grad(y, inputs, dy, retain_graph=True)
+
+    def both():
+        torch.autograd.grad(fn(x), inputs, dy)
+
+    row = {"name": name, "fwd": timer(forward, reps), "bwd": timer(backward, reps), "fwd_bwd": timer(both, reps)}
+    row["saved"] = saved_bytes(fn, x)
+    if x.is_cuda:
+        del y
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        both()
+        torch.cuda.synchronize()
+        row["peak"] = torch.cuda.max_memory_allocated() - base
+    return row
+
+
+def run_case(device: torch.device, dtype: torch.dtype, n: int, degrees, version: str, reps: int) -> list[dict]:
+    timer = Timer(device, reps)
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n, device=device, generator=g).to(dtype).requires_grad_()
+    dy = torch.randn(n, device=device, generator=g).to(dtype)
+    compiled = functional.resolve_backend("auto", device)
+    rows = [measure("gelu", F.gelu, x, dy, timer)]
+    rows.append(measure(f"rational[{compiled}]", Rational(degrees, "gelu", version, backend=compiled).to(device), x, dy, timer))
+    rows.append(measure("rational[torch]", Rational(degrees, "gelu", version, backend="torch").to(device), x, dy, timer, reps=max(3, reps // 10)))
+    elem = x.element_size()
+    copy_gbs = None
+    if device.type == "cuda":
+        out = torch.empty_like(x)
+        copy_ms = timer(lambda: out.copy_(x.detach()))
+        copy_gbs = 2 * n * elem / copy_ms / 1e6
+    gelu, ref = rows[0], rows[2]
+    for row in rows:
+        row["fwd_gbs"] = 2 * n * elem / row["fwd"] / 1e6
+        row["bwd_gbs"] = 3 * n * elem / row["bwd"] / 1e6
+        row["vs_gelu"] = row["fwd_bwd"] / gelu["fwd_bwd"]
+        row["ref_speedup"] = ref["fwd_bwd"] / row["fwd_bwd"]
+        row["copy_gbs"] = copy_gbs
+    return rows
+
+
+def fmt_bytes(b: float | None) -> str:
+    if b is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if b < 1024 or unit == "GiB":
+            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
+        b /= 1024
+
+
+def table(device: torch.device, dtype_name: str, n: int, rows: list[dict]) -> str:
+    copy = rows[0]["copy_gbs"]
+    head = f"### {device.type} {dtype_name} n={n:,}" + (f" (device copy {copy:.0f} GB/s)" if copy else "")
+    cols = "| kernel | fwd ms | bwd ms | fwd+bwd ms | fwd GB/s | bwd GB/s | x GELU (fwd+bwd) | faster than reference | saved for bwd | peak fwd+bwd |"
+    lines = [head, "", cols, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        gbs = lambda v: f"{v:.0f}" + (f" ({100 * v / copy:.0f} %)" if copy else "")  # noqa: E731
+        lines.append(
+            f"| {r['name']} | {r['fwd']:.3f} | {r['bwd']:.3f} | {r['fwd_bwd']:.3f} | {gbs(r['fwd_gbs'])} | {gbs(r['bwd_gbs'])} "
+            f"| {r['vs_gelu']:.2f} | {r['ref_speedup']:.1f}x | {fmt_bytes(r['saved'])} | {fmt_bytes(r.get('peak'))} |"
+        )
+    return "\n".join(lines)
+
+
+def environment() -> str:
+    import ratsweep
+
+    lines = [
+        f"date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+        f"ratsweep {ratsweep.__version__}, torch {torch.__version__}, python {platform.python_version()}",
+        f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+    ]
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+        if model:
+            lines[-1] = f"cpu: {model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        lines.append(f"gpu: {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}")
+        try:
+            import cupy
+
+            lines.append(f"cupy {cupy.__version__}")
+        except ImportError:
+            lines.append("cupy: not installed")
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], action="append", help="default: cpu, and cuda if present")
+    parser.add_argument("--dtype", choices=list(DTYPES), action="append", help="default: fp32 on cpu; fp32, bf16 on cuda")
+    parser.add_argument("--size", type=int, action="append", help="elements; default 4M on cpu, 64M on cuda")
+    parser.add_argument("--degrees", default="5,4")
+    parser.add_argument("--version", default="A")
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--output", help="also write the report (markdown) here")
+    args = parser.parse_args()
+    devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    degrees = tuple(int(d) for d in args.degrees.split(","))
+    sections = ["# Rational activation kernels", "", environment(), f"- degrees {degrees}, version {args.version}, median of {args.reps} runs", ""]
+    for name in devices:
+        device = torch.device(name)
+        dtypes = args.dtype or (["fp32"] if name == "cpu" else ["fp32", "bf16"])
+        sizes = args.size or ([4 << 20] if name == "cpu" else [64 << 20])
+        for dtype_name in dtypes:
+            for n in sizes:
+                rows = run_case(device, DTYPES[dtype_name], n, degrees, args.version, args.reps)
+                sections += [table(device, dtype_name, n, rows), ""]
+                print(sections[-2] + "\n", flush=True)
+    sections += [
+        "Targets: CPU (fp32, 4M) fwd+bwd <= 1.5x GELU and >= 5x faster than the reference; "
+        "GPU (64M, fp32 and bf16) fwd+bwd <= 1.2x GELU, >= 10x faster than the reference, "
+        "forward >= 80 % and backward >= 75 % of device copy bandwidth, one saved activation-sized tensor.",
+    ]
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write("\n".join(sections) + "\n")
+        print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

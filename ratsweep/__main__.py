@@ -1,0 +1,3 @@
+from ratsweep.cli import main
+
+main()
