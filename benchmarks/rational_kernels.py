@@ -176,7 +176,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], action="append", help="default: cpu, and cuda if present")
     parser.add_argument("--dtype", choices=list(DTYPES), action="append", help="default: fp32 on cpu; fp32, bf16 on cuda")
-    parser.add_argument("--size", type=int, action="append", help="elements; default 4M on cpu, 64M on cuda")
+    parser.add_argument("--size", type=int, action="append", help="elements; default 4M on cpu, 64M on cuda, and 64K (a 256x256 RL activation: per-call overhead)")
     parser.add_argument("--degrees", default="5,4")
     parser.add_argument("--version", default="A")
     parser.add_argument("--reps", type=int, default=30)
@@ -188,7 +188,7 @@ def main() -> None:
     for name in devices:
         device = torch.device(name)
         dtypes = args.dtype or (["fp32"] if name == "cpu" else ["fp32", "bf16"])
-        sizes = args.size or ([4 << 20] if name == "cpu" else [64 << 20])
+        sizes = args.size or ([4 << 20] if name == "cpu" else [64 << 20]) + [1 << 16]
         for dtype_name in dtypes:
             for n in sizes:
                 rows = run_case(device, DTYPES[dtype_name], n, degrees, args.version, args.reps)

@@ -69,7 +69,7 @@ void backward_block(const C* __restrict__ x, const C* __restrict__ dy, C* __rest
 
 template <typename C>
 void backward(const C* __restrict__ x, const C* __restrict__ dy, C* __restrict__ dx, long long n,
-              const C* num, const C* den, double* grad) {
+              const C* num, const C* den, double* grad_num, double* grad_den) {
   rs::Coefs<C> c;
   rs::load_coefs(num, den, c);
   const long long blocks = (n + BLOCK - 1) / BLOCK;
@@ -92,10 +92,8 @@ void backward(const C* __restrict__ x, const C* __restrict__ dy, C* __restrict__
     for (int k = 0; k < rs::NUM_GRADS; ++k) total[k] += mine[k];
 #endif
   }
-  for (int k = 0; k < rs::NUM_GRADS; ++k) {
-    const double scale = k < rs::NUM_COEFS ? 1.0 : double(rs::den_grad_scale(den, k - rs::NUM_COEFS));
-    grad[k] = total[k] * scale;
-  }
+  for (int j = 0; j < rs::NUM_COEFS; ++j) grad_num[j] = total[j];
+  for (int k = 0; k < rs::DEN_COEFS; ++k) grad_den[k] = total[rs::NUM_COEFS + k] * double(rs::den_grad_scale(den, k));
 }
 
 }  // namespace
@@ -109,12 +107,12 @@ void rational_forward_f64(const double* x, double* y, long long n, const double*
   forward(x, y, n, num, den);
 }
 void rational_backward_f32(const float* x, const float* dy, float* dx, long long n, const float* num,
-                           const float* den, double* grad) {
-  backward(x, dy, dx, n, num, den, grad);
+                           const float* den, double* grad_num, double* grad_den) {
+  backward(x, dy, dx, n, num, den, grad_num, grad_den);
 }
 void rational_backward_f64(const double* x, const double* dy, double* dx, long long n, const double* num,
-                           const double* den, double* grad) {
-  backward(x, dy, dx, n, num, den, grad);
+                           const double* den, double* grad_num, double* grad_den) {
+  backward(x, dy, dx, n, num, den, grad_num, grad_den);
 }
 
 }  // extern "C"

@@ -14,3 +14,23 @@ def test_check_fails_when_no_kernel_can_be_built():
     assert proc.returncode == 1, proc.stderr
     assert "cpu kernels: FAILED" in proc.stdout and "no C++ compiler found" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_rational_core_needs_only_torch():
+    """ratsweep.rational runs where only torch (and CuPy) are installed, e.g. a bare GPU node."""
+    code = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {'scipy', 'matplotlib', 'ray', 'mlflow', 'timm', 'yaml', 'gymnasium', 'minari', 'sklearn'}:
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+import torch
+from ratsweep.rational import Rational, rational_param_groups, replace_activations
+layer = Rational(init='gelu')
+layer(torch.randn(10, requires_grad=True)).sum().backward()
+print('ok', layer.numerator.grad.abs().sum().item() > 0)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok True"

@@ -35,8 +35,8 @@ _ptr, _i64 = ctypes.c_void_p, ctypes.c_longlong
 _SIGNATURES = {
     "rational_forward_f32": [_ptr, _ptr, _i64, _ptr, _ptr],
     "rational_forward_f64": [_ptr, _ptr, _i64, _ptr, _ptr],
-    "rational_backward_f32": [_ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr],
-    "rational_backward_f64": [_ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr],
+    "rational_backward_f32": [_ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr],
+    "rational_backward_f64": [_ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr],
 }
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
@@ -117,30 +117,35 @@ def _build(cxx: str, source: str, defines: tuple[str, ...], path: Path) -> None:
 
 
 def _prepare(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor):
+    """x in its compute dtype and a dense layout, coefficients in the same dtype, contiguous."""
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    xc = dense(x.to(dtype))
+    xc = dense(x if x.dtype == dtype else x.to(dtype))
     a = numerator.detach().to(dtype).contiguous()
     b = denominator.detach().to(dtype).contiguous()
     return xc, a, b
+
+
+def _kernel(kind: str, a: torch.Tensor, b: torch.Tensor, version: str, dtype: torch.dtype):
+    return getattr(library(degrees_of(a, b, version), version), f"rational_{kind}_{_SUFFIX[dtype]}")
 
 
 def forward(x: torch.Tensor, numerator, denominator, version: str) -> torch.Tensor:
     xc, a, b = _prepare(x, numerator, denominator)
     y = torch.empty_like(xc)
     if xc.numel():
-        fn = getattr(library(degrees_of(a, b, version), version), f"rational_forward_{_SUFFIX[xc.dtype]}")
-        fn(xc.data_ptr(), y.data_ptr(), xc.numel(), a.data_ptr(), b.data_ptr())
-    return y.to(x.dtype)
+        _kernel("forward", a, b, version, xc.dtype)(xc.data_ptr(), y.data_ptr(), xc.numel(), a.data_ptr(), b.data_ptr())
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 def backward(grad: torch.Tensor, x: torch.Tensor, numerator, denominator, version: str):
     xc, a, b = _prepare(x, numerator, denominator)
-    g = like(grad.to(xc.dtype), xc)
+    g = like(grad if grad.dtype == xc.dtype else grad.to(xc.dtype), xc)
     dx = torch.empty_like(xc)
-    grads = torch.zeros(a.numel() + b.numel(), dtype=torch.float64)
+    grad_num = torch.zeros(a.numel(), dtype=torch.float64)
+    grad_den = torch.zeros(b.numel(), dtype=torch.float64)
     if xc.numel():
-        fn = getattr(library(degrees_of(a, b, version), version), f"rational_backward_{_SUFFIX[xc.dtype]}")
-        fn(xc.data_ptr(), g.data_ptr(), dx.data_ptr(), xc.numel(), a.data_ptr(), b.data_ptr(), grads.data_ptr())
-    grad_num = grads[: a.numel()].to(numerator.dtype, copy=True)  # copies: custom-op outputs may not alias
-    grad_den = grads[a.numel() :].to(denominator.dtype, copy=True)
-    return dx.to(x.dtype), grad_num, grad_den
+        _kernel("backward", a, b, version, xc.dtype)(
+            xc.data_ptr(), g.data_ptr(), dx.data_ptr(), xc.numel(), a.data_ptr(), b.data_ptr(),
+            grad_num.data_ptr(), grad_den.data_ptr(),
+        )
+    return dx if dx.dtype == x.dtype else dx.to(x.dtype), grad_num.to(numerator.dtype), grad_den.to(denominator.dtype)

@@ -151,8 +151,7 @@ def backward(grad: torch.Tensor, x: torch.Tensor, numerator, denominator, versio
     rows = geometry[1] if deterministic else 1
     partial = torch.zeros(rows, count, dtype=a.dtype, device=x.device)
     _launch("backward", [x, g, dx], (a, b), version, geometry, extra=(partial.data_ptr(), int(deterministic)))
-    total = partial.sum(0)
-    # separate copies: outputs of a custom op may not alias each other
-    grad_num = total[: a.numel()].to(numerator.dtype, copy=True)
-    grad_den = total[a.numel() :].to(denominator.dtype, copy=True)
+    # two separate sums: outputs of a custom op may not alias each other
+    grad_num = partial[:, : a.numel()].sum(0).to(numerator.dtype)
+    grad_den = partial[:, a.numel() :].sum(0).to(denominator.dtype)
     return dx, grad_num, grad_den

@@ -1,7 +1,9 @@
 """`rational(x, numerator, denominator)`: one differentiable op over three backends.
 
-The op is registered with torch.library (with a fake implementation), so torch.compile'd models call
-it without a graph break, and autograd saves only x and the coefficients for backward. `backend`:
+Autograd saves only x and the coefficients for backward. In eager mode the op is a plain
+autograd.Function (the least per-call overhead, which matters for small activations such as the RL
+MLPs'); under torch.compile it is the same computation registered with torch.library, with a fake
+implementation, so compiled models call it without a graph break. `backend`:
   torch  plain torch ops (reference.py), any device
   cpu    fused, vectorized C++ kernels (cpu.py)
   cuda   fused CUDA kernels through CuPy (cuda.py)
@@ -105,6 +107,23 @@ def _backward(ctx, grad):
 _rational.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _RationalFunction(torch.autograd.Function):
+    """The eager-mode twin of the registered op: same dispatch, same saved tensors."""
+
+    @staticmethod
+    def forward(ctx, x, numerator, denominator, version, backend):
+        ctx.save_for_backward(x, numerator, denominator)
+        ctx.version, ctx.backend = version, backend
+        return _call("forward", backend, x.device, x, numerator, denominator, version)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, numerator, denominator = ctx.saved_tensors
+        dx, dnum, dden = _call("backward", ctx.backend, x.device, grad, x, numerator, denominator, ctx.version)
+        return dx, dnum, dden, None, None
+
+
 def rational(
     x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, version: str = "A", backend: str = "auto"
 ) -> torch.Tensor:
@@ -115,6 +134,8 @@ def rational(
     version = "B" if version == "D" else version
     if version not in VERSION_CODES:
         raise ValueError(f"version: expected one of A, B, C, D, got {version!r}")
-    if not (x.is_floating_point() and x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)):
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise TypeError(f"x: expected a float16, bfloat16, float32 or float64 tensor, got {x.dtype}")
-    return _rational(x, numerator, denominator, version, backend)
+    if torch.compiler.is_compiling():
+        return _rational(x, numerator, denominator, version, backend)
+    return _RationalFunction.apply(x, numerator, denominator, version, backend)
