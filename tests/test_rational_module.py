@@ -279,6 +279,21 @@ def test_failed_kernel_build_falls_back_once_for_auto_only(monkeypatch):
         R.rational(x, a, b, "A", "cpu")
 
 
+def test_unusable_cache_dir_falls_back_with_a_warning(monkeypatch, tmp_path):
+    """A filesystem error while building is a KernelError like any other: auto warns and goes on."""
+    monkeypatch.setattr(functional, "_disabled", {})
+    monkeypatch.setattr(cpu, "_libraries", {})
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("RATSWEEP_CACHE_DIR", str(blocker / "cache"))
+    x, a, b = torch.randn(100), torch.randn(6), torch.randn(4)
+    with pytest.warns(RuntimeWarning, match="cpu rational kernels are unavailable.*not-a-directory"):
+        y = R.rational(x, a, b, "A", "auto")
+    assert torch.allclose(y, reference.forward(x, a, b, "A"))
+    with pytest.raises(KernelError, match="could not build"):
+        R.rational(x, a, b, "A", "cpu")
+
+
 def test_no_compiler_is_reported(monkeypatch):
     monkeypatch.setattr(functional, "_disabled", {})
     monkeypatch.setattr(cpu, "compiler", lambda: None)

@@ -172,6 +172,45 @@ def test_compile_fullgraph_matches_eager():
         assert torch.allclose(got, exp, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.randn(16, 24).t(),  # transposed: dense but not contiguous
+        lambda: torch.randn(2, 8, 5, 6).to(memory_format=torch.channels_last),
+        lambda: torch.randn(6, 40)[:, ::2],  # strided: not dense
+    ],
+    ids=["transposed", "channels_last", "strided"],
+)
+def test_compiled_layouts_match_eager(backend, make):
+    """Outputs have the strides the fake implementations promise, for every input layout and backend."""
+    torch.manual_seed(0)
+    a, b = torch.randn(6, requires_grad=True), torch.randn(4, requires_grad=True)
+    x = make().requires_grad_()
+
+    def f(x, a, b):
+        y = rational(x, a, b, "B", backend)
+        return y, (y * torch.linspace(0, 1, y.shape[-1])).sum()
+
+    (y_c, loss_c), (y_e, loss_e) = torch.compile(f, fullgraph=True)(x, a, b), f(x, a, b)
+    assert y_c.stride() == y_e.stride() and torch.allclose(y_c, y_e)
+    for got, want in zip(torch.autograd.grad(loss_c, (x, a, b)), torch.autograd.grad(loss_e, (x, a, b))):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_custom_ops_pass_opcheck(backend):
+    """torch.library's own checks: schema, fake tensors, autograd registration, AOT dispatch."""
+    from ratsweep.rational.functional import _rational, _rational_backward
+
+    torch.manual_seed(0)
+    a, b = torch.randn(6, requires_grad=True), torch.randn(4, requires_grad=True)
+    for x in (torch.randn(16, 24).t(), torch.randn(2, 8, 5, 6).to(memory_format=torch.channels_last)):
+        torch.library.opcheck(_rational, (x.requires_grad_(), a, b, "A", backend))
+        grad = torch.randn_like(x)
+        torch.library.opcheck(_rational_backward, (grad, x.detach(), a.detach(), b.detach(), "A", backend))
+
+
 def test_autocast_bf16_on_cpu():
     torch.manual_seed(0)
     layer = torch.nn.Linear(32, 64)

@@ -24,8 +24,10 @@ import torch
 
 from ._native import KernelError, cache_dir, compile_defines, degrees_of, dense, kernel_source, like
 
+# Full-width AVX-512 where the CPU has it (GCC otherwise prefers 256-bit vectors on x86).
+_VECTOR_FLAGS = ("-mprefer-vector-width=512",) if platform.machine() in ("x86_64", "AMD64") else ()
 FLAGS = (
-    "-std=c++17", "-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno",
+    "-std=c++17", "-O3", "-march=native", *_VECTOR_FLAGS, "-fno-math-errno",
     "-fno-trapping-math", "-ffp-contract=fast", "-fPIC", "-shared",
 )
 # Tried in order: OpenMP threads, else a single-threaded (still vectorized) build.
@@ -46,9 +48,14 @@ _libraries: dict[tuple, ctypes.CDLL] = {}
 
 def compiler() -> str | None:
     """$CXX if it names an executable, else the first of c++, g++, clang++ on PATH."""
-    if os.environ.get("CXX"):
-        return shutil.which(os.environ["CXX"])
-    return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    return _find_compiler(os.environ.get("CXX"), os.environ.get("PATH"))
+
+
+@cache
+def _find_compiler(cxx: str | None, search_path: str | None) -> str | None:
+    if cxx:
+        return shutil.which(cxx, path=search_path)
+    return next(filter(None, (shutil.which(c, path=search_path) for c in ("c++", "g++", "clang++"))), None)
 
 
 def available() -> bool:
@@ -61,7 +68,8 @@ def _toolchain_id(cxx: str) -> str:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     cpu = platform.machine()
     try:
-        flags = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")]
+        features = ("flags", "Features")  # x86, Arm
+        flags = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith(features)]
         cpu += flags[0] if flags else ""
     except OSError:
         cpu += platform.processor()
@@ -100,16 +108,20 @@ def _load(degrees: tuple[int, int], version: str) -> ctypes.CDLL:
 
 
 def _build(cxx: str, source: str, defines: tuple[str, ...], path: Path) -> None:
+    try:
+        _compile(cxx, source, defines, path)
+    except OSError as e:  # an unwritable or broken cache directory
+        raise KernelError(f"could not build the CPU rational kernel under {path.parent}: {e}") from e
+
+
+def _compile(cxx: str, source: str, defines: tuple[str, ...], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         src, out = Path(tmp) / "rational_cpu.cpp", Path(tmp) / "rational_cpu.so"
         src.write_text(source)
         for threading_flags in THREADING_FLAGS:
             cmd = [cxx, *FLAGS, *threading_flags, *defines, str(src), "-o", str(out)]
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-            except OSError as e:
-                raise KernelError(f"could not run {cxx}: {e}") from e
+            proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode == 0:
                 os.replace(out, path)  # atomic: concurrent builders never see a partial file
                 return

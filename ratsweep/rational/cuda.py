@@ -1,8 +1,9 @@
 """The `cuda` backend: kernels/rational.cu compiled by CuPy (NVRTC) on first use.
 
-One RawModule per (degrees, version, storage dtype, device), cached in memory here and on disk by
-CuPy. Tensors go in as raw pointers (works for bf16 too, without CuPy's experimental bf16 dtype) and
-kernels run on torch's current stream, so they order with torch's own work without synchronizing.
+One RawModule per (degrees, version, storage dtype, device): its kernels are cached in memory here,
+the compiled code on disk by CuPy. Tensors go in as raw pointers (works for bf16 too, without CuPy's
+experimental bf16 dtype) and kernels run on torch's current stream, so they order with torch's own
+work without synchronizing.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ _STORAGE = {
     torch.bfloat16: ("rs::bf16_t", 8),
 }
 _lock = threading.Lock()
-_modules: dict[tuple, object] = {}
+_kernels: dict[tuple, object] = {}
 _streams: dict[tuple[int, int], object] = {}
 
 
@@ -54,27 +55,27 @@ def _names(storage: str, vec: int) -> dict[tuple[str, int], str]:
 
 
 def _kernel(kind: str, degrees, version: str, dtype: torch.dtype, vec: int, device: torch.device):
-    storage, widest = _STORAGE[dtype]
     key = (degrees, version, dtype, device.index)
-    module = _modules.get(key)
-    if module is None:
+    kernels = _kernels.get(key)
+    if kernels is None:
         with _lock:
-            module = _modules.get(key)
-            if module is None:
-                cupy = _cupy()
-                names = _names(storage, widest)
-                with cupy.cuda.Device(device.index):
-                    module = (
-                        cupy.RawModule(
-                            code=kernel_source("rational.cu"),
-                            options=("-std=c++17", *compile_defines(degrees, version)),
-                            name_expressions=list(names.values()),
-                        ),
-                        names,
-                    )
-                _modules[key] = module
-    raw, names = module
-    return raw.get_function(names[(kind, vec)])
+            kernels = _kernels.get(key) or _compile(degrees, version, dtype, device)
+            _kernels[key] = kernels
+    return kernels[(kind, vec)]
+
+
+def _compile(degrees, version: str, dtype: torch.dtype, device: torch.device) -> dict:
+    """Every kernel of one (degrees, version, dtype) from one NVRTC compile, loaded on `device`."""
+    cupy = _cupy()
+    storage, widest = _STORAGE[dtype]
+    names = _names(storage, widest)
+    with cupy.cuda.Device(device.index):
+        module = cupy.RawModule(
+            code=kernel_source("rational.cu"),
+            options=("-std=c++17", *compile_defines(degrees, version)),
+            name_expressions=list(names.values()),
+        )
+        return {name: module.get_function(expression) for name, expression in names.items()}
 
 
 def _stream(device: torch.device):
@@ -152,6 +153,6 @@ def backward(grad: torch.Tensor, x: torch.Tensor, numerator, denominator, versio
     partial = torch.zeros(rows, count, dtype=a.dtype, device=x.device)
     _launch("backward", [x, g, dx], (a, b), version, geometry, extra=(partial.data_ptr(), int(deterministic)))
     # two separate sums: outputs of a custom op may not alias each other
-    grad_num = partial[:, : a.numel()].sum(0).to(numerator.dtype)
-    grad_den = partial[:, a.numel() :].sum(0).to(denominator.dtype)
+    grad_num = partial[:, : a.numel()].sum(0).to(numerator)
+    grad_den = partial[:, a.numel() :].sum(0).to(denominator)
     return dx, grad_num, grad_den

@@ -19,7 +19,7 @@ import warnings
 import torch
 
 from . import cpu, cuda, reference
-from ._native import VERSION_CODES, KernelError
+from ._native import VERSION_CODES, KernelError, dense, like
 
 BACKENDS = ("auto", "torch", "cpu", "cuda")
 _COMPILED = {"cpu": cpu, "cuda": cuda}
@@ -70,26 +70,37 @@ def _call(method: str, backend: str, device: torch.device, *args):
     return getattr(reference, method)(*args)
 
 
+# Every backend sees x (and grad) in the layout dense() gives, so outputs have the layout the fake
+# implementations promise torch.compile.
+def _run_forward(x, numerator, denominator, version, backend):
+    return _call("forward", backend, x.device, dense(x), numerator, denominator, version)
+
+
+def _run_backward(grad, x, numerator, denominator, version, backend):
+    x = dense(x)
+    return _call("backward", backend, x.device, like(grad, x), x, numerator, denominator, version)
+
+
 @torch.library.custom_op("ratsweep::rational", mutates_args=())
 def _rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, version: str, backend: str) -> torch.Tensor:
-    return _call("forward", backend, x.device, x, numerator, denominator, version)
+    return _run_forward(x, numerator, denominator, version, backend)
 
 
 @_rational.register_fake
 def _rational_fake(x, numerator, denominator, version, backend):
-    return torch.empty_like(x)
+    return torch.empty_like(dense(x))
 
 
 @torch.library.custom_op("ratsweep::rational_backward", mutates_args=())
 def _rational_backward(
     grad: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, version: str, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _call("backward", backend, x.device, grad, x, numerator, denominator, version)
+    return _run_backward(grad, x, numerator, denominator, version, backend)
 
 
 @_rational_backward.register_fake
 def _rational_backward_fake(grad, x, numerator, denominator, version, backend):
-    return torch.empty_like(x), torch.empty_like(numerator), torch.empty_like(denominator)
+    return torch.empty_like(dense(x)), torch.empty_like(numerator), torch.empty_like(denominator)
 
 
 def _setup_context(ctx, inputs, output):
@@ -114,13 +125,13 @@ class _RationalFunction(torch.autograd.Function):
     def forward(ctx, x, numerator, denominator, version, backend):
         ctx.save_for_backward(x, numerator, denominator)
         ctx.version, ctx.backend = version, backend
-        return _call("forward", backend, x.device, x, numerator, denominator, version)
+        return _run_forward(x, numerator, denominator, version, backend)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, numerator, denominator = ctx.saved_tensors
-        dx, dnum, dden = _call("backward", ctx.backend, x.device, grad, x, numerator, denominator, ctx.version)
+        dx, dnum, dden = _run_backward(grad, x, numerator, denominator, ctx.version, ctx.backend)
         return dx, dnum, dden, None, None
 
 
