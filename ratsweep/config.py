@@ -1,0 +1,205 @@
+"""Experiment configs: dataclasses addressed by dotted keys, type-checked from their annotations.
+
+An experiment's config is a (possibly nested) dataclass. `build(cls, values)` makes one from a dict
+of dotted keys ("rational.degrees") or nested dicts, checking every value against the field's
+annotation (bool, int, float, str, Literal[...], tuple[int, ...], nested dataclass, X | None) and
+raising `ConfigError` naming the key and what was expected. A nested field whose metadata has
+`when=(key, value)` only applies when that key has that value (`rational.*` only matters for
+activation == "rational"); `active_keys` and `flatten` leave out the keys that do not apply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or of the wrong type; `key` names it."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def check(ok: bool, key: str, expected: str, got: Any) -> None:
+    """Raise ConfigError("key: expected ..., got ...") unless ok: for range checks in __post_init__."""
+    if not ok:
+        raise ConfigError(key, f"expected {expected}, got {got!r}")
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+def annotation_of(cls, key: str):
+    """The annotation of a dotted leaf key (which must be one of keys(cls))."""
+    head, _, rest = key.partition(".")
+    annotation = _hints(cls)[head]
+    return annotation_of(annotation, rest) if rest else annotation
+
+
+def keys(cls, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of a config class."""
+    hints, out = _hints(cls), []
+    for name in _fields(cls):
+        if dataclasses.is_dataclass(hints[name]):
+            out += keys(hints[name], f"{prefix}{name}.")
+        else:
+            out.append(prefix + name)
+    return out
+
+
+def describe(annotation) -> str:
+    """What a value of this annotation looks like, for error messages."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else describe(a) for a in args)
+    if origin is tuple:
+        plural = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {plural.get(args[0], describe(args[0]))}"
+        return f"a list of {len(args)} {' and '.join(sorted({plural.get(a, describe(a)) for a in args}))}"
+    if dataclasses.is_dataclass(annotation):
+        return "a mapping of " + ", ".join(_fields(annotation))
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(annotation, str(annotation))
+
+
+def coerce(annotation, value, key: str):
+    """value as the annotation's type (ints are floats, lists are tuples), or ConfigError."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    fail = ConfigError(key, f"expected {describe(annotation)}, got {value!r}")
+    if origin is Literal:
+        if value in args and all(type(value) is type(a) for a in args if a == value):
+            return value
+        raise ConfigError(key, f"expected one of {', '.join(map(str, args))}, got {value!r}{did_you_mean(value, args)}")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is not type(None):
+                try:
+                    return coerce(arg, value, key)
+                except ConfigError:
+                    pass
+        raise fail
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise fail
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(args[0], v, key) for v in value)
+        if len(value) != len(args):
+            raise fail
+        return tuple(coerce(a, v, key) for a, v in zip(args, value))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise fail
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise fail
+    if annotation is Any:
+        return value
+    raise ConfigError(key, f"unsupported config annotation {annotation!r}")
+
+
+def did_you_mean(value, options) -> str:
+    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def nest(values: Mapping[str, Any]) -> dict[str, Any]:
+    """{"a.b": 1} -> {"a": {"b": 1}}; nested dicts pass through and merge."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            value = nest({rest: value})
+        if isinstance(value, Mapping) and isinstance(out.get(head), dict):
+            out[head] = {**out[head], **nest(value)}
+        else:
+            out[head] = nest(value) if isinstance(value, Mapping) else value
+    return out
+
+
+def build(cls, values: Mapping[str, Any] | None = None, prefix: str = ""):
+    """An instance of the config dataclass `cls` from dotted or nested values; defaults elsewhere."""
+    values = nest(values or {})
+    fields, hints = _fields(cls), _hints(cls)
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        key = prefix + unknown[0]
+        raise ConfigError(key, f"unknown key{did_you_mean(key, keys(cls, prefix))}; expected one of {', '.join(keys(cls, prefix))}")
+    kwargs = {}
+    for name, value in values.items():
+        annotation, key = hints[name], prefix + name
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, Mapping):
+                raise ConfigError(key, f"expected {describe(annotation)}, got {value!r}")
+            kwargs[name] = build(annotation, value, key + ".")
+        else:
+            kwargs[name] = coerce(annotation, value, key)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        if prefix and not e.key.startswith(prefix):
+            raise ConfigError(prefix + e.key, str(e).split(": ", 1)[1]) from None
+        raise
+
+
+def applies(cls, key: str, values: Mapping[str, Any]) -> bool:
+    """Whether a dotted key matters given the other values (dotted, defaults where absent)."""
+    head, _, rest = key.partition(".")
+    field = _fields(cls).get(head)
+    if field is None or not rest:
+        return True
+    when = field.metadata.get("when")
+    if when is not None:
+        on_key, on_value = when
+        current = values.get(on_key, _default(cls, on_key))
+        if current != on_value:
+            return False
+    inner = {k.partition(".")[2]: v for k, v in values.items() if k.startswith(head + ".")}
+    return applies(_hints(cls)[head], rest, inner)
+
+
+def _default(cls, key: str):
+    head, _, rest = key.partition(".")
+    field = _fields(cls)[head]
+    if rest:
+        return _default(_hints(cls)[head], rest)
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
+def flatten(config, prefix: str = "", root=None) -> dict[str, Any]:
+    """The dotted keys and values of a config instance, leaving out the ones that do not apply."""
+    root = config if root is None else root
+    out: dict[str, Any] = {}
+    for name in _fields(type(config)):
+        value = getattr(config, name)
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, f"{prefix}{name}.", root))
+        else:
+            out[prefix + name] = list(value) if isinstance(value, tuple) else value
+    if prefix:
+        return out
+    return {k: v for k, v in out.items() if applies(type(root), k, out)}

@@ -1,0 +1,178 @@
+"""What every experiment shares: the session it reports to, activation configs, divergence.
+
+An experiment is a function `run(config, session) -> final metrics`. It knows nothing of Ray or
+MLflow: the sweep hands it a session that turns reports into Tune results, checkpoints and MLflow
+runs; tests and notebooks hand it a `LocalSession`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import nn
+
+from ..config import check
+from ..rational import Rational, rational_param_groups, replace_activations  # noqa: F401  (re-exported)
+from ..rational.fits import MAX_DEGREE, TARGETS
+
+Activation = Literal["relu", "leaky_relu", "gelu", "silu", "tanh", "rational"]
+RationalInit = Literal["relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "identity"]
+FIXED_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,  # negative slope 0.01, the function the paper's rationals start as
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+}
+assert set(RationalInit.__args__) <= set(TARGETS)
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite: the trial stops and is recorded FAILED with this reason."""
+
+
+class Session(Protocol):
+    """Where a running experiment reports to (a Ray Tune trial, or a LocalSession)."""
+
+    smoke: bool  # shrink everything so the whole run takes seconds
+    data_dir: Path  # where datasets live (experiments that need none ignore it)
+    restored: dict[str, Any] | None  # the state passed with the last report, when resuming
+    artifact_dir: Path  # files written here are attached to the run with the next report
+
+    def report(self, metrics: Mapping[str, float], state: dict[str, Any] | None = None) -> None:
+        """One step/epoch's metrics; `state` (torch.save-able) is what a resumed run restarts from."""
+
+    def log_params(self, **params: Any) -> None:
+        """Facts about the run beyond its config (e.g. num_params), attached with the next report."""
+
+
+class LocalSession:
+    """A session that keeps everything in memory: for tests, notebooks and scripts."""
+
+    def __init__(self, smoke: bool = False, data_dir: str | Path = ".", restored: dict | None = None, artifact_dir=None):
+        self.smoke, self.data_dir, self.restored = smoke, Path(data_dir), restored
+        self.artifact_dir = Path(artifact_dir or tempfile.mkdtemp(prefix="ratsweep-artifacts-"))
+        self.history: list[dict[str, float]] = []
+        self.states: list[dict[str, Any] | None] = []
+        self.params: dict[str, Any] = {}
+
+    def report(self, metrics, state=None):
+        self.history.append(dict(metrics))
+        self.states.append(state)
+
+    def log_params(self, **params):
+        self.params.update(params)
+
+
+@dataclass
+class RationalConfig:
+    """The rational activation's knobs; they apply only when activation == "rational"."""
+
+    degrees: tuple[int, int] = (5, 4)
+    version: Literal["A", "B", "C", "D"] = "A"
+    init: RationalInit = "leaky_relu"
+    lr_mult: float = 1.0  # the coefficients' learning rate is lr * lr_mult
+
+    def __post_init__(self):
+        check(all(1 <= d <= MAX_DEGREE for d in self.degrees), "degrees", f"two integers from 1 to {MAX_DEGREE}", list(self.degrees))
+        check(self.lr_mult > 0, "lr_mult", "a number > 0", self.lr_mult)
+
+
+def rational_field() -> Any:
+    """A config's `rational` field: applies only when the config's activation is "rational"."""
+    return field(default_factory=RationalConfig, metadata={"when": ("activation", "rational")})
+
+
+def activation_factory(activation: str, rational: RationalConfig) -> Callable[[], nn.Module]:
+    """A zero-argument constructor of the activation module (each call a fresh, independent one)."""
+    if activation == "rational":
+        return lambda: Rational(rational.degrees, init=rational.init, version=rational.version)
+    return FIXED_ACTIVATIONS[activation]
+
+
+def check_finite(loss: torch.Tensor | float, where: str) -> None:
+    value = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+    if not math.isfinite(value):
+        raise Diverged(f"loss is {value} at {where}")
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def plot_rationals(model: nn.Module, directory: Path, inputs: Mapping[nn.Module, torch.Tensor] | None = None) -> list[Path]:
+    """One PNG per Rational module of the model (learned curve over its init target), named by module path."""
+    from ..rational import plot_rational
+
+    paths = []
+    for name, module in model.named_modules():
+        if isinstance(module, Rational):
+            seen = None if inputs is None else inputs.get(module)
+            paths.append(plot_rational(module, seen, directory / f"rational_{name.replace('.', '_') or 'act'}.png"))
+    return paths
+
+
+def checkpoint(parts: Mapping[str, Any], generator: torch.Generator, **progress: Any) -> dict[str, Any]:
+    """What a resumed run restarts from: a copy of each part's state_dict, the RNG states, progress.
+
+    `parts` are objects with state_dict()/load_state_dict() (model, optimizer, LR schedule), saved
+    under their names; `generator` is the run's data RNG; `progress` (step, epoch, best so far,
+    history) is stored alongside. Everything is copied, because training goes on updating tensors
+    and lists in place after the report (a LocalSession keeps the state in memory).
+    """
+    assert not set(parts) & (set(progress) | {"rng"}), "part names must not clash with progress keys"
+    return {
+        **{name: copy.deepcopy(part.state_dict()) for name, part in parts.items()},
+        "rng": {"torch": torch.get_rng_state(), "data": generator.get_state()},
+        **copy.deepcopy(progress),
+    }
+
+
+def restore(state: Mapping[str, Any], parts: Mapping[str, Any], generator: torch.Generator) -> Mapping[str, Any]:
+    """Load a `checkpoint` into the parts and RNGs; returns the state, for its progress fields."""
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    torch.set_rng_state(state["rng"]["torch"])
+    generator.set_state(state["rng"]["data"])
+    return state
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode without autograd for the block (no version-D noise), then back to train."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train()
+
+
+@contextlib.contextmanager
+def saved_figure(path: Path, nrows: int = 1, ncols: int = 1, **subplots: Any) -> Iterator[tuple[Any, Any]]:
+    """(figure, axes) to draw on; saved as a PNG at `path` when the block ends.
+
+    Uses matplotlib's object API without pyplot, so no backend is switched and no global figure
+    state is touched (safe in notebooks and in parallel trials).
+    """
+    from matplotlib.figure import Figure  # noqa: PLC0415  (plotting only at the end of a run)
+
+    figure = Figure(figsize=(6, 2.6 * nrows), dpi=120)
+    axes = figure.subplots(nrows, ncols, **subplots)
+    yield figure, axes
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)

@@ -1,0 +1,121 @@
+"""Experiments and architectures by name, extended by other packages through entry points.
+
+    @register_experiment("approx", config=ApproxConfig)
+    def run(config: ApproxConfig, session: Session) -> dict[str, float]: ...
+
+    @register_architecture("vgg4", family="image_classifier")
+    def vgg4(activation: Callable[[], nn.Module], **kwargs) -> nn.Module: ...
+
+A third-party package registers its own in a module named by an entry point in the group
+`ratsweep.experiments` or `ratsweep.architectures` (the value is a module or an object in it;
+loading it runs the decorators). Lookups load ratsweep's own modules and every entry point once.
+This module imports nothing heavy: listing never builds a model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+from .config import did_you_mean
+
+ENTRY_POINT_GROUPS = ("ratsweep.experiments", "ratsweep.architectures")
+# ratsweep's own experiments: found without installed metadata, e.g. from a source checkout.
+BUILTIN_MODULES = ("ratsweep.experiments.approx", "ratsweep.experiments.digits")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    config: type  # the config dataclass
+    run: Callable[..., dict[str, float]]  # run(config, session) -> final metrics
+    description: str
+    source: str  # the module that registered it
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    build: Callable[..., Any]  # build(activation_factory, **kwargs) -> nn.Module
+    family: str
+    description: str
+    source: str
+
+
+_experiments: dict[str, Experiment] = {}
+_architectures: dict[str, Architecture] = {}
+_loaded = False
+load_errors: list[str] = []  # plugins that failed to load, shown by `ratsweep list`
+
+
+def _doc(fn) -> str:
+    return (fn.__doc__ or "").strip().split("\n")[0]
+
+
+def register_experiment(name: str, config: type):
+    """Register `run(config, session) -> metrics` under `name` with its config dataclass."""
+
+    def decorator(run):
+        _experiments[name] = Experiment(name, config, run, _doc(run), run.__module__)
+        return run
+
+    return decorator
+
+
+def register_architecture(name: str, family: str = "image_classifier"):
+    """Register `build(activation, **kwargs) -> nn.Module` under `name`; `family` says which kwargs it takes."""
+
+    def decorator(build):
+        _architectures[name] = Architecture(name, build, family, _doc(build), build.__module__)
+        return build
+
+    return decorator
+
+
+def load_plugins() -> None:
+    """Import ratsweep's own experiment modules and every entry point, once."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+    for group in ENTRY_POINT_GROUPS:
+        for ep in entry_points(group=group):
+            try:
+                ep.load()
+            except Exception as e:  # a broken plugin must not take ratsweep down with it
+                load_errors.append(f"{group}: {ep.name} = {ep.value}: {type(e).__name__}: {e}")
+
+
+def experiments() -> dict[str, Experiment]:
+    load_plugins()
+    return dict(sorted(_experiments.items()))
+
+
+def architectures(family: str | None = None) -> dict[str, Architecture]:
+    load_plugins()
+    return {k: v for k, v in sorted(_architectures.items()) if family is None or v.family == family}
+
+
+def unknown(kind: str, name: str, known) -> KeyError:
+    """KeyError("unknown experiment 'x' (did you mean 'y'?); known: ...")."""
+    return KeyError(f"unknown {kind} {name!r}{did_you_mean(name, known)}; known: {', '.join(known) or 'none'}")
+
+
+def get_experiment(name: str) -> Experiment:
+    known = experiments()
+    if name not in known:
+        raise unknown("experiment", name, known)
+    return known[name]
+
+
+def create_model(name: str, activation: Callable[[], Any], **kwargs):
+    """Build a registered architecture with `activation()` making each activation module."""
+    known = architectures()
+    if name not in known:
+        raise unknown("architecture", name, known)
+    return known[name].build(activation, **kwargs)
