@@ -42,12 +42,182 @@ def check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _overrides(pairs: list[str]) -> dict:
+    """--set key=value (value parsed as YAML: 3, 0.5, true, [5, 4], gelu)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set: expected key=value, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _load(args: argparse.Namespace):
+    from ratsweep.sweep.space import load
+
+    return load(args.space, _overrides(getattr(args, "set", None) or []))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the sweeps of a search space (a YAML path or a bundled name) with Ray Tune, tracked in MLflow."""
+    spaces = _load(args)  # every document valid before anything starts
+    from ratsweep.sweep import runner
+
+    options = runner.RunOptions(
+        smoke=args.smoke, data_dir=args.data_dir, tracking_uri=args.tracking_uri, storage=args.storage,
+        address=args.address, resume=args.resume, max_concurrent=args.max_concurrent,
+    )
+    runner.init_ray(args.address)
+    for space in spaces:
+        runner.check_cluster(space)
+    for space in spaces:
+        runner.print_summary(runner.run_sweep(space, options))
+    return 0
+
+
+def validate(args: argparse.Namespace) -> int:
+    """Check a search space without running it: exit 0 if valid, 2 (with the reason) if not."""
+    for space in _load(args):
+        print(f"{space.path}: {space.name}: ok ({space.experiment}, {_trial_count(space)})")
+    return 0
+
+
+def _trial_count(space) -> str:
+    if space.search_alg["type"] in ("random", "grid"):
+        return f"{len(space.trials())} distinct trials"
+    return f"{space.num_samples} {space.search_alg['type']} samples"
+
+
+def list_plugins(args: argparse.Namespace) -> int:
+    """Experiments, architectures and bundled search spaces (with the package that registered each)."""
+    from ratsweep import registry
+    from ratsweep.sweep.space import bundled
+
+    print("experiments:")
+    for name, exp in registry.experiments().items():
+        print(f"  {name:<16} {exp.description}  [{exp.source}]")
+    print("architectures:")
+    for name, arch in registry.architectures().items():
+        print(f"  {name:<16} ({arch.family}) {arch.description}  [{arch.source}]")
+    print("search spaces:")
+    for name, path in bundled().items():
+        print(f"  {name:<16} {path}")
+    for error in registry.load_errors:
+        print(f"plugin failed to load: {error}")
+    return 0
+
+
+def best(args: argparse.Namespace) -> int:
+    """The best trial configs of a sweep, read from MLflow (json: run_id, metric, value, config)."""
+    import json
+
+    from ratsweep.sweep import results, tracking
+
+    sweep = results.load_sweep(tracking.tracking_uri(args.tracking_uri), args.name)
+    entries = results.best(sweep, args.top)
+    if args.format == "json":
+        print(json.dumps(entries, indent=2))
+    elif args.format == "yaml":
+        print(results.best_as_space(sweep, entries), end="")
+    else:
+        for rank, entry in enumerate(entries, 1):
+            config = " ".join(f"{k}={v}" for k, v in entry["config"].items())
+            print(f"{rank:>3}. {entry['metric']}={entry['value']:.6g}  run {entry['run_id']}  {config}")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    """A paper-style table of a sweep from MLflow: mean ± std over seeds per group, best marked; plots."""
+    from pathlib import Path
+
+    from ratsweep.sweep import results, tracking
+
+    sweep = results.load_sweep(tracking.tracking_uri(args.tracking_uri), args.name)
+    group_by = args.group_by or results.default_group_by(sweep)
+    print(results.table(sweep, group_by, args.format), end="")
+    if args.plots:
+        root = Path(args.plots)
+        files = results.plots(sweep, group_by, root)
+        results.log_report(sweep, files, root)
+        print(f"plots: {len(files)} files in {root} (also attached to the sweep's MLflow run under report/)")
+    return 0
+
+
+def submit(args: argparse.Namespace) -> int:
+    """Submit `ratsweep run SPACE` to a Ray cluster as a job, with this machine's ratsweep code."""
+    from ratsweep.sweep import submit as submission
+
+    _load(args)  # validate here, before anything travels
+    run_args = [*(f"--set={pair}" for pair in args.set or []), *(["--smoke"] if args.smoke else [])]
+    for flag in ("data_dir", "tracking_uri", "storage", "max_concurrent"):
+        value = getattr(args, flag)
+        if value is not None:
+            run_args.append(f"--{flag.replace('_', '-')}={value}")
+    if args.resume:
+        run_args.append("--resume")
+    job_id = submission.submit(args.address, args.space, run_args, args.working_dir)
+    print(f"submitted job {job_id} to {args.address}")
+    print(f"follow it:  ray job logs --follow --address {args.address} {job_id}")
+    print(f"status:     ray job status --address {args.address} {job_id}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     import ratsweep
 
     parser = argparse.ArgumentParser(prog="ratsweep", description="Sweeps of trainable rational vs fixed activations.")
     parser.add_argument("--version", action="version", version=f"ratsweep {ratsweep.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("check", help=check.__doc__.split(".")[0]).set_defaults(run=check)
+
+    def command(fn, name=None):
+        sub = commands.add_parser(name or fn.__name__, help=fn.__doc__.split(".")[0], description=fn.__doc__)
+        sub.set_defaults(run=fn)
+        return sub
+
+    command(check)
+    for fn in (run, submit):
+        sub = command(fn)
+        sub.add_argument("space", help="a search-space YAML file or the name of a bundled one (ratsweep list)")
+        sub.add_argument("--set", action="append", metavar="KEY=VALUE", help="fix a config key for every trial (repeatable)")
+        sub.add_argument("--smoke", action="store_true", help="shrink every trial to seconds (tests, dry runs)")
+        sub.add_argument("--data-dir", default=None if fn is submit else "data", help="where datasets live (default: ./data)")
+        sub.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
+        sub.add_argument("--storage", default=None if fn is submit else "ratsweep_results", help="Ray Tune results and checkpoints (shared storage on a cluster)")
+        sub.add_argument("--resume", action="store_true", help="continue the latest interrupted sweep of this space")
+        sub.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+        if fn is run:
+            sub.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+        else:
+            sub.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
+            sub.add_argument("--working-dir", default=".", help="shipped to the cluster as the job's working dir (default: .)")
+    for fn in (best, report):
+        sub = command(fn)
+        sub.add_argument("name", help="the sweep's name (its MLflow experiment)")
+        sub.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
+        if fn is best:
+            sub.add_argument("--top", type=int, default=1)
+            sub.add_argument("--format", choices=["table", "json", "yaml"], default="table")
+        else:
+            sub.add_argument("--group-by", nargs="+", metavar="KEY", help="config keys (default: those that vary, except seed)")
+            sub.add_argument("--format", choices=["md", "latex", "csv"], default="md")
+            sub.add_argument("--plots", metavar="DIR", help="also write learning curves and learned-activation plots here")
+    sub = command(validate)
+    sub.add_argument("space")
+    sub.add_argument("--set", action="append", metavar="KEY=VALUE")
+    command(list_plugins, "list")
     args = parser.parse_args(argv)
-    sys.exit(args.run(args))
+    sys.exit(_guarded(args))
+
+
+def _guarded(args: argparse.Namespace) -> int:
+    """User errors are one line and exit code 2, never a stack trace."""
+    from ratsweep.config import ConfigError
+
+    try:
+        return args.run(args)
+    except (ConfigError, ValueError) as e:  # SpaceError, results.NotFound, bad --set are ValueErrors
+        print(f"ratsweep {args.command}: {e}", file=sys.stderr)
+        return 2

@@ -56,7 +56,7 @@ def test_cpu_library_is_built_once_and_cached():
     assert len(built) == 1
 
 
-def test_wheel_ships_the_kernels_and_finds_them(tmp_path):
+def test_wheel_ships_the_kernels_and_search_spaces_and_finds_them(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
         capture_output=True, text=True,
@@ -66,6 +66,7 @@ def test_wheel_ships_the_kernels_and_finds_them(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for source in ("rational.cu", "rational_cpu.cpp", "rational_math.h"):
         assert f"ratsweep/kernels/{source}" in names
+    assert "ratsweep/search_spaces/quickstart.yaml" in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     assert find_kernels(site / "ratsweep") == site / "ratsweep" / "kernels"  # installed: inside the package

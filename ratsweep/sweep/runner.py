@@ -1,0 +1,163 @@
+"""Run (or resume) the sweeps of a search-space file on local Ray or a cluster, tracked in MLflow."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from . import search, tracking
+from .space import Space, SpaceError
+from .trainable import make_trainable
+
+SWEEP_FILE = "ratsweep_sweep.json"  # in the Tune experiment folder: what --resume needs to continue
+
+
+@dataclass
+class RunOptions:
+    smoke: bool = False
+    data_dir: str = "data"
+    tracking_uri: str | None = None
+    storage: str = "ratsweep_results"
+    address: str | None = None
+    resume: bool = False
+    max_concurrent: int | None = None
+
+
+@dataclass
+class SweepOutcome:
+    space: Space
+    path: str  # the Tune experiment folder
+    tracking_uri: str
+    rows: list[dict]  # one per trial: status, config, metric
+
+
+def init_ray(address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    # Every report checkpoints (ASHA may stop a trial after any): Tune's "snapshotting too often"
+    # warning is expected here, not a problem to fix.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+
+
+def check_cluster(space: Space) -> None:
+    """Resources the cluster cannot give would leave trials pending forever: refuse up front."""
+    available = ray.cluster_resources()
+    for name, key in (("cpu", "CPU"), ("gpu", "GPU")):
+        need, have = space.resources[name], available.get(key, 0.0)
+        if need > have:
+            what = f"at most {have:g} (this cluster has {have:g} {key}s)" if have else f"0 (this cluster has no {key})"
+            raise SpaceError(f"{space.path}: resources.{name}: expected {what}, got {need:g}")
+
+
+def latest_sweep(storage: Path, name: str) -> Path | None:
+    """The newest restorable Tune experiment folder of this sweep name."""
+    candidates = sorted(storage.glob(f"{name}-*/{SWEEP_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for marker in candidates:
+        if tune.Tuner.can_restore(str(marker.parent)):
+            return marker.parent
+    return None
+
+
+def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
+    uri = tracking.tracking_uri(options.tracking_uri)
+    storage = Path(options.storage).resolve()
+    client = tracking.client(uri)
+    trainable = make_trainable(space, options.smoke, options.data_dir)
+    previous = latest_sweep(storage, space.name) if options.resume else None
+    if previous is not None:
+        marker = json.loads((previous / SWEEP_FILE).read_text())
+        parent = marker["parent_run_id"]
+        client.update_run(parent, status="RUNNING")
+        print(f"ratsweep: resuming {previous} (MLflow parent run {parent})", flush=True)
+        tuner = tune.Tuner.restore(str(previous), trainable, resume_unfinished=True, resume_errored=True)
+        path = previous
+    else:
+        if options.resume:
+            print(f"ratsweep: nothing to resume for {space.name!r} under {storage}; starting afresh", flush=True)
+        sweep_id = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path = storage / sweep_id
+        experiment_id = tracking.ensure_experiment(client, space.name, uri, space)
+        parent = tracking.start_sweep_run(client, experiment_id, space, sweep_id, options.smoke)
+        tuner = _new_tuner(space, options, trainable, storage, sweep_id, tracking.MlflowTracking(uri, experiment_id, parent, space))
+        path.mkdir(parents=True, exist_ok=True)
+        (path / SWEEP_FILE).write_text(json.dumps({"parent_run_id": parent, "tracking_uri": uri, "space": space.path}))
+    try:
+        results = tuner.fit()
+    except KeyboardInterrupt:
+        tracking.finish_sweep_run(uri, parent, "KILLED")
+        raise
+    tracking.finish_sweep_run(uri, parent, "FINISHED")
+    return SweepOutcome(space, str(path), uri, _rows(space, results))
+
+
+def _new_tuner(space: Space, options: RunOptions, trainable, storage: Path, sweep_id: str, callback) -> tune.Tuner:
+    search_alg, num_samples = search.search_algorithm(space, options.max_concurrent)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=space.metric,
+            mode=space.mode,
+            num_samples=num_samples,
+            search_alg=search_alg,
+            scheduler=search.scheduler(space),
+            max_concurrent_trials=options.max_concurrent,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep_id,
+            storage_path=str(storage),
+            failure_config=tune.FailureConfig(max_failures=space.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[callback],
+            verbose=1,  # Ray's status table as trials run; the summary table comes at the end
+        ),
+    )
+
+
+def _rows(space: Space, results) -> list[dict]:
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        value = metrics.get(space.metric)
+        failure = (metrics.get("ratsweep") or {}).get("failure")
+        status = "ERROR" if result.error else ("FAILED" if failure else "OK")
+        rows.append({"status": status, "config": result.config, "value": value, "iterations": metrics.get("training_iteration")})
+    sign = 1 if space.mode == "min" else -1
+    rows.sort(key=lambda r: (r["value"] is None or not math.isfinite(r["value"]), sign * (r["value"] or 0)))
+    return rows
+
+
+def print_summary(outcome: SweepOutcome) -> None:
+    space = outcome.space
+    print(f"\n== {space.name}: {len(outcome.rows)} trials, {space.metric} ({space.mode}) ==")
+    keys = list(space.search_space)
+    header = [space.metric, "status", "iters", *keys]
+    table = [
+        [
+            "-" if r["value"] is None else f"{r['value']:.4g}",
+            r["status"],
+            str(r["iterations"] or "-"),
+            *[_cell(r["config"].get(k, "")) for k in keys],
+        ]
+        for r in outcome.rows
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(header)]
+    for row in [header, *table]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+    print(f"Tune results: {outcome.path}")
+    print(f"Best configs: ratsweep best {space.name} --tracking-uri {outcome.tracking_uri}")
+    print(f"MLflow UI:    {tracking.open_ui_command(outcome.tracking_uri)}")
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

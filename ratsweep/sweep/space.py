@@ -1,0 +1,327 @@
+"""Search-space YAML files: load, validate against the experiment's config, expand into trials.
+
+A file holds one sweep, or several as YAML documents separated by `---` (run in order). Every
+error names the file and the key and says what was expected (`SpaceError`); nothing is started
+until every document of the file is valid.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import config as cfg
+from .. import registry
+
+SCHEMA_VERSION = 1
+DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
+SCHEDULERS = {
+    "fifo": {},
+    "asha": {"max_t": int, "grace_period": int, "reduction_factor": float},
+    "pbt": {"perturbation_interval": int, "quantile_fraction": float, "mutate": list},
+}
+SEARCH_ALGS = ("random", "grid", "optuna", "hyperopt")
+TOP_LEVEL = (
+    "version", "name", "experiment", "metric", "num_samples", "resources", "scheduler", "search_alg",
+    "max_failures", "config", "search_space",
+)
+
+
+class SpaceError(ValueError):
+    """A search-space file is invalid; the message is one line: file, key, what was expected."""
+
+
+@dataclass(frozen=True)
+class Domain:
+    kind: str  # one of DOMAINS
+    values: tuple  # grid/choice: the options; uniform/loguniform/randint: (low, high)
+
+    @property
+    def sampled(self) -> bool:
+        return self.kind != "grid"
+
+    def sample(self, rng: random.Random):
+        low, high = self.values[:2]
+        if self.kind == "choice":
+            return rng.choice(self.values)
+        if self.kind == "uniform":
+            return rng.uniform(low, high)
+        if self.kind == "loguniform":
+            return float(low * (high / low) ** rng.random())
+        return rng.randrange(low, high)  # randint: high exclusive, as in Ray Tune
+
+
+@dataclass
+class Space:
+    """One validated sweep."""
+
+    path: str
+    name: str
+    experiment: str
+    metric: str
+    mode: str
+    num_samples: int = 1
+    resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "fifo"})
+    search_alg: dict[str, Any] = field(default_factory=lambda: {"type": "random"})
+    max_failures: int = 2
+    config: dict[str, Any] = field(default_factory=dict)  # fixed dotted values
+    search_space: dict[str, Domain] = field(default_factory=dict)
+    document: dict[str, Any] = field(default_factory=dict)  # as written, for the MLflow artifact
+
+    @property
+    def config_class(self) -> type:
+        return registry.get_experiment(self.experiment).config
+
+    def active(self, values: dict[str, Any]) -> dict[str, Any]:
+        """values without the keys that do not apply (rational.* when activation is not rational)."""
+        merged = {**self.config, **values}
+        return {k: v for k, v in values.items() if cfg.applies(self.config_class, k, merged)}
+
+    def trials(self) -> list[dict[str, Any]]:
+        """The distinct trial configs of the random/grid search: every grid point times num_samples
+        samples of the other domains, keeping only keys that apply, each distinct config once."""
+        grid = {k: d.values for k, d in self.search_space.items() if not d.sampled}
+        sampled = {k: d for k, d in self.search_space.items() if d.sampled}
+        rng = random.Random(self.search_alg.get("seed", 0))
+        seen, out = set(), []
+        for point in itertools.product(*grid.values()):
+            for _ in range(self.num_samples):
+                values = dict(zip(grid, point)) | {k: d.sample(rng) for k, d in sampled.items()}
+                trial = self.active(values)
+                key = repr(sorted(trial.items()))
+                if key not in seen:
+                    seen.add(key)
+                    out.append(trial)
+        return out
+
+    def build_config(self, trial: dict[str, Any]):
+        """The experiment's config dataclass for one trial (fixed values, then the trial's)."""
+        merged = {**self.config, **trial}
+        return cfg.build(self.config_class, {k: v for k, v in merged.items() if cfg.applies(self.config_class, k, merged)})
+
+
+def bundled_dir() -> Path:
+    """search_spaces/ inside an installed wheel, else the source checkout's top level."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "search_spaces", package.parent / "search_spaces"):
+        if candidate.is_dir():
+            return candidate
+    return package / "search_spaces"
+
+
+def bundled() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(bundled_dir().glob("*.yaml"))}
+
+
+def resolve(space: str) -> Path:
+    """A path to a YAML file, or the name of a bundled space."""
+    path = Path(space)
+    if path.is_file():
+        return path
+    known = bundled()
+    if space in known:
+        return known[space]
+    hint = registry.unknown("search space", space, known).args[0]
+    raise SpaceError(f"{space}: no such file, and {hint}")
+
+
+def load(space: str, overrides: dict[str, Any] | None = None) -> list[Space]:
+    """Every sweep in the file (path or bundled name), validated; overrides ("--set") apply to each."""
+    path = resolve(space)
+    try:
+        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise SpaceError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not documents:
+        raise SpaceError(f"{path}: empty file; expected a search space (see README: Search spaces)")
+    return [_parse(path, doc, overrides or {}) for doc in documents]
+
+
+def _fail(path: Path, key: str, message: str):
+    raise SpaceError(f"{path}: {key}: {message}")
+
+
+def _mapping(path, key, value) -> dict:
+    if not isinstance(value, dict):
+        _fail(path, key, f"expected a mapping, got {value!r}")
+    return value
+
+
+def _number(path, key, value, kind=float, minimum=None, exclusive=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        _fail(path, key, f"expected {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if minimum is not None and (value <= minimum if exclusive else value < minimum):
+        _fail(path, key, f"expected a number {'>' if exclusive else '>='} {minimum}, got {value!r}")
+    return kind(value)
+
+
+def _parse(path: Path, doc, overrides: dict[str, Any]) -> Space:
+    doc = _mapping(path, "(top level)", doc)
+    for key in doc:
+        if key not in TOP_LEVEL:
+            _fail(path, key, f"unknown key{cfg.did_you_mean(key, TOP_LEVEL)}; expected one of {', '.join(TOP_LEVEL)}")
+    version = doc.get("version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        _fail(path, "version", f"expected {SCHEMA_VERSION} (this ratsweep's schema), got {version!r}")
+    for key in ("name", "experiment", "metric"):
+        if key not in doc:
+            _fail(path, key, "missing; every search space names its sweep, experiment and metric")
+    if not isinstance(doc["name"], str) or not doc["name"].strip():
+        _fail(path, "name", f"expected a non-empty string (the MLflow experiment name), got {doc['name']!r}")
+    try:
+        experiment = registry.get_experiment(str(doc["experiment"]))
+    except KeyError as e:
+        _fail(path, "experiment", e.args[0])
+    metric = _mapping(path, "metric", doc["metric"])
+    if not isinstance(metric.get("name"), str) or metric.get("mode") not in ("min", "max"):
+        _fail(path, "metric", f"expected {{name: <metric>, mode: min | max}}, got {metric!r}")
+
+    resources = _mapping(path, "resources", doc.get("resources", {}))
+    for key in resources:
+        if key not in ("cpu", "gpu"):
+            _fail(path, f"resources.{key}", "unknown key; expected cpu or gpu")
+    cpu = _number(path, "resources.cpu", resources.get("cpu", 1), minimum=0, exclusive=True)
+    gpu = _number(path, "resources.gpu", resources.get("gpu", 0), minimum=0)
+    if gpu > 1 and gpu != int(gpu):
+        _fail(path, "resources.gpu", f"expected a fraction <= 1 or a whole number of GPUs, got {gpu!r}")
+
+    space = Space(
+        path=str(path),
+        name=doc["name"],
+        experiment=experiment.name,
+        metric=metric["name"],
+        mode=metric["mode"],
+        num_samples=_number(path, "num_samples", doc.get("num_samples", 1), int, minimum=1),
+        resources={"cpu": cpu, "gpu": gpu},
+        scheduler=_scheduler(path, doc.get("scheduler", {"type": "fifo"})),
+        search_alg=_search_alg(path, doc.get("search_alg", {"type": "random"})),
+        max_failures=_number(path, "max_failures", doc.get("max_failures", 2), int, minimum=0),
+        document=doc,
+    )
+    fixed = _flat(_mapping(path, "config", doc.get("config") or {}))
+    searched = dict(_mapping(path, "search_space", doc.get("search_space") or {}))
+    for key, value in overrides.items():  # --set replaces a searched key by a constant
+        searched.pop(key, None)
+        fixed[key] = value
+    cls = experiment.config
+    for key, value in fixed.items():
+        _check_values(path, cls, f"config.{key}", key, [value])
+    for key, raw in searched.items():
+        domain = _domain(path, cls, key, raw)
+        if domain is None:
+            fixed[key] = raw
+        else:
+            space.search_space[key] = domain
+    space.config = fixed
+    if space.scheduler["type"] == "pbt":
+        for key in space.scheduler.setdefault("mutate", [k for k, d in space.search_space.items() if d.sampled]):
+            if key not in space.search_space:
+                _fail(path, "scheduler.mutate", f"{key!r} is not a key of search_space")
+        if not space.scheduler["mutate"]:
+            _fail(path, "scheduler.mutate", "pbt needs at least one sampled (non-grid) search_space key to mutate")
+    try:
+        space.build_config({})  # the fixed values together (e.g. cross-field checks)
+    except cfg.ConfigError as e:
+        _fail(path, f"config.{e.key}", str(e).split(": ", 1)[1])
+    return space
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings under `config:` become dotted keys, like the search_space's."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _scheduler(path, raw) -> dict[str, Any]:
+    raw = dict(_mapping(path, "scheduler", raw))
+    kind = raw.pop("type", None)
+    if kind not in SCHEDULERS:
+        _fail(path, "scheduler.type", f"expected one of {', '.join(SCHEDULERS)}, got {kind!r}")
+    out = {"type": kind}
+    for key, value in raw.items():
+        if key not in SCHEDULERS[kind]:
+            allowed = ", ".join(SCHEDULERS[kind]) or "nothing else"
+            _fail(path, f"scheduler.{key}", f"unknown for {kind}; expected {allowed}")
+        expected = SCHEDULERS[kind][key]
+        if expected is list:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                _fail(path, f"scheduler.{key}", f"expected a list of search_space keys, got {value!r}")
+            out[key] = value
+        else:
+            out[key] = _number(path, f"scheduler.{key}", value, expected, minimum=0, exclusive=True)
+    if kind == "asha" and out.get("grace_period", 1) > out.get("max_t", 100):
+        _fail(path, "scheduler.grace_period", f"expected <= max_t ({out['max_t']}), got {out['grace_period']}")
+    return out
+
+
+def _search_alg(path, raw) -> dict[str, Any]:
+    raw = _mapping(path, "search_alg", raw)
+    if raw.get("type") not in SEARCH_ALGS:
+        _fail(path, "search_alg.type", f"expected one of {', '.join(SEARCH_ALGS)}, got {raw.get('type')!r}")
+    for key in raw:
+        if key not in ("type", "seed"):
+            _fail(path, f"search_alg.{key}", "unknown key; expected type or seed")
+    if "seed" in raw:
+        _number(path, "search_alg.seed", raw["seed"], int, minimum=0)
+    return dict(raw)
+
+
+def _domain(path, cls, key: str, raw) -> Domain | None:
+    """The domain written for `key`, checked against the config field; None for a constant."""
+    _annotation(path, cls, f"search_space.{key}", key)
+    if not (isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) in DOMAINS):
+        if isinstance(raw, dict) and any(k in DOMAINS for k in raw):
+            _fail(path, f"search_space.{key}", f"expected exactly one of {', '.join(DOMAINS)}, got {raw!r}")
+        _check_values(path, cls, f"search_space.{key}", key, [raw])
+        return None
+    kind, values = next(iter(raw.items()))
+    where = f"search_space.{key}.{kind}"
+    if not isinstance(values, list) or not values:
+        _fail(path, where, f"expected a non-empty list, got {values!r}")
+    if kind in ("grid", "choice"):
+        values = _check_values(path, cls, where, key, values)
+        return Domain(kind, tuple(values))
+    if len(values) != 2:
+        _fail(path, where, f"expected [low, high], got {values!r}")
+    number = int if kind == "randint" else float
+    low, high = (_number(path, where, v, number) for v in values)
+    if not low < high:
+        _fail(path, where, f"expected low < high, got {values!r}")
+    if kind == "loguniform" and low <= 0:
+        _fail(path, where, f"expected low > 0 for a log scale, got {values!r}")
+    _check_values(path, cls, where, key, [low, high - 1] if kind == "randint" else [low, high])
+    return Domain(kind, (low, high))
+
+
+def _check_values(path, cls, where: str, key: str, values: list) -> list:
+    """Each value as the config field would take it alone; errors name the file and `where`."""
+    annotation = _annotation(path, cls, where, key)
+    out = []
+    for value in values:
+        try:
+            value = cfg.coerce(annotation, value, key)
+            cfg.build(cls, {key: value})
+        except cfg.ConfigError as e:
+            _fail(path, where, str(e).split(": ", 1)[1])
+        out.append(list(value) if isinstance(value, tuple) else value)
+    return out
+
+
+def _annotation(path, cls, where: str, key: str):
+    known = cfg.keys(cls)
+    if key not in known:
+        _fail(path, where, f"unknown key{cfg.did_you_mean(key, known)}; expected one of {', '.join(known)}")
+    return cfg.annotation_of(cls, key)

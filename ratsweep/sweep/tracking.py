@@ -1,0 +1,211 @@
+"""MLflow: one parent run per sweep invocation, one child run per trial, all written by the driver.
+
+Logging from the driver (a Tune callback) rather than from the trials means one writer to the
+tracking store (a local SQLite file is safe), workers that never need to reach the tracking server,
+and a run per trial found again by its Tune trial id, so a retried, resumed or restored trial keeps
+its run instead of opening a second one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from .. import config as cfg
+from .space import Space
+from .trainable import ARTIFACTS, RESULT_KEY
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+TAG_KIND, TAG_TRIAL, TAG_PARENT, TAG_SWEEP = "ratsweep.kind", "ratsweep.trial_id", "mlflow.parentRunId", "ratsweep.sweep"
+# Bookkeeping Tune adds to every result: not metrics of the experiment.
+_TUNE_KEYS = {
+    "training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
+    "iterations_since_restore", "pid", "done", "timesteps_total", "episodes_total", "timesteps_since_restore",
+    "checkpoint_dir_name", "should_checkpoint",
+}
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else ./mlruns.db as an absolute SQLite URI."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + os.path.abspath(uri.removeprefix("sqlite:///"))
+    return uri
+
+
+def artifact_root(uri: str) -> str | None:
+    """For a SQLite store: artifacts in a folder beside the database file (else the server decides)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return (db.parent / f"{db.stem}-artifacts").as_uri()
+    return None
+
+
+def client(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(mlflow_client: MlflowClient, name: str, uri: str, space: Space) -> str:
+    """The MLflow experiment for this sweep name, created once, here on the driver."""
+    existing = mlflow_client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    return mlflow_client.create_experiment(
+        name,
+        artifact_location=artifact_root(uri) and f"{artifact_root(uri)}/{name}",
+        tags={"ratsweep.experiment": space.experiment, "ratsweep.metric": space.metric, "ratsweep.mode": space.mode},
+    )
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def start_sweep_run(mlflow_client: MlflowClient, experiment_id: str, space: Space, sweep_id: str, smoke: bool) -> str:
+    """The parent run of one `ratsweep run` invocation, with the search space attached."""
+    import ratsweep  # noqa: PLC0415
+
+    tags = {
+        TAG_KIND: "sweep", TAG_SWEEP: sweep_id, "ratsweep.version": ratsweep.__version__,
+        "ratsweep.space": space.path, "ratsweep.smoke": str(smoke), "mlflow.runName": f"sweep {sweep_id}",
+    }
+    commit = git_commit()
+    if commit:
+        tags["git.commit"] = commit
+    run = mlflow_client.create_run(experiment_id, tags=tags)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "search_space.yaml"
+        import yaml  # noqa: PLC0415
+
+        path.write_text(yaml.safe_dump(space.document, sort_keys=False))
+        mlflow_client.log_artifact(run.info.run_id, str(path))
+    return run.info.run_id
+
+
+def _numeric(result: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in result.items():
+        if key in _TUNE_KEYS or key == RESULT_KEY:
+            continue
+        if isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, (int, float)):
+            out[key] = float(value)
+    return out
+
+
+class MlflowTracking(Callback):
+    """Tune callback that mirrors every trial into an MLflow child run of the sweep's parent run."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, space: Space):
+        self.uri, self.experiment_id, self.parent_run_id, self.space = uri, experiment_id, parent_run_id, space
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}
+        self._failures: dict[str, str] = {}
+
+    def __getstate__(self):  # pickled with the Tuner for restore: no live client
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = client(self.uri)
+        return self._client
+
+    def run_id(self, trial) -> str:
+        """The trial's run: found by trial id under this sweep's parent, else created."""
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TAG_TRIAL}` = '{trial.trial_id}' and tags.`{TAG_PARENT}` = '{self.parent_run_id}'",
+            max_results=1,
+        )
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            config = self.space.build_config(trial.config)
+            params = cfg.flatten(config)
+            tags = {TAG_PARENT: self.parent_run_id, TAG_KIND: "trial", TAG_TRIAL: trial.trial_id,
+                    "mlflow.runName": f"{self.space.experiment} {trial.trial_id}",
+                    "ratsweep.searched": ",".join(sorted(trial.config))}
+            run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
+            self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()])
+        self._runs[trial.trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        run_id = self.run_id(trial)
+        self.client.update_run(run_id, status="RUNNING")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self.run_id(trial)
+        step, now = int(result.get("training_iteration", 0)), int(time.time() * 1000)
+        metrics = [Metric(k, v, now, step) for k, v in _numeric(result).items()]
+        extra = result.get(RESULT_KEY) or {}
+        params = [Param(k, _param(v)) for k, v in (extra.get("params") or {}).items()]
+        tags = [RunTag(k, str(v)) for k, v in (extra.get("tags") or {}).items()]
+        if extra.get("failure"):
+            self._failures[trial.trial_id] = extra["failure"]
+            tags.append(RunTag("ratsweep.failure", extra["failure"][:5000]))
+        if params:  # a retried trial reports them again: log only the new ones
+            logged = self.client.get_run(run_id).data.params
+            params = [p for p in params if p.key not in logged]
+        self.client.log_batch(run_id, metrics=[m for m in metrics if not math.isnan(m.value)], params=params, tags=tags)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self.run_id(trial)
+        self._log_artifacts(run_id, trial)
+        self.client.set_terminated(run_id, "FAILED" if trial.trial_id in self._failures else "FINISHED")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.client.set_tag(self.run_id(trial), "ratsweep.retries", str(trial.run_metadata.num_failures))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        """Out of retries: FAILED, the exception's last line as a tag, the whole trace as error.txt."""
+        run_id = self.run_id(trial)
+        trace = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
+        lines = [line.strip() for line in trace.splitlines() if line.strip()]
+        self.client.set_tag(run_id, "ratsweep.failure", (lines[-1] if lines else "trial failed")[:5000])
+        if trace:
+            self.client.log_text(run_id, trace, "error.txt")
+        self._log_artifacts(run_id, trial)
+        self.client.set_terminated(run_id, "FAILED")
+
+    def _log_artifacts(self, run_id: str, trial) -> None:
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as directory:
+            artifacts = Path(directory) / ARTIFACTS
+            if artifacts.is_dir():
+                self.client.log_artifacts(run_id, str(artifacts))
+
+
+def _param(value) -> str:
+    return str(list(value) if isinstance(value, tuple) else value)[:6000]
+
+
+def finish_sweep_run(uri: str, run_id: str, status: str) -> None:
+    client(uri).set_terminated(run_id, status)
+
+
+def open_ui_command(uri: str) -> str:
+    if uri.startswith("sqlite:///"):
+        return f"mlflow ui --backend-store-uri {uri}"
+    return f"open {uri} in a browser (experiment runs are under the sweep's name)"
+
+

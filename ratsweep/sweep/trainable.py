@@ -1,0 +1,114 @@
+"""An experiment as a Ray Tune function trainable.
+
+Each report becomes one Tune result with a checkpoint holding the experiment's state and the
+artifacts written so far; a retried or restored trial starts from the latest one. Facts the driver's
+MLflow callback needs from the worker (params such as num_params, device and kernel tags, a
+divergence) travel inside the result under RESULT_KEY.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+import ratsweep
+
+from ..experiments.common import Diverged
+from ..rational import resolve_backend
+from .space import Space
+
+RESULT_KEY = "ratsweep"  # result[RESULT_KEY] = {"params": {...}, "tags": {...}, "failure": "..."}
+STATE_FILE = "state.pt"
+ARTIFACTS = "artifacts"
+
+
+def environment_tags() -> dict[str, str]:
+    """Where and with what this trial runs (tags on its MLflow run)."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    tags = {
+        "ratsweep.version": ratsweep.__version__,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda or "none",
+        "device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or platform.machine()})",
+        "kernel_backend": resolve_backend("auto", device),
+        "ray.node_id": ray.get_runtime_context().get_node_id(),
+        "hostname": platform.node(),
+    }
+    try:
+        import cupy  # noqa: PLC0415
+
+        tags["cupy"] = cupy.__version__
+    except ImportError:
+        tags["cupy"] = "none"
+    return tags
+
+
+class TuneSession:
+    """The Session an experiment sees inside a Tune trial."""
+
+    def __init__(self, smoke: bool, data_dir: str, restored: dict | None, artifact_dir: Path):
+        self.smoke, self.data_dir, self.restored, self.artifact_dir = smoke, Path(data_dir), restored, artifact_dir
+        self._pending: dict[str, Any] = {"params": {}, "tags": environment_tags()}
+        self.last_metrics: dict[str, Any] = {}
+
+    def log_params(self, **params):
+        self._pending.setdefault("params", {}).update(params)
+
+    def report(self, metrics, state=None, failure: str | None = None):
+        self.last_metrics = dict(metrics)
+        result = dict(metrics)
+        if failure:
+            self._pending["failure"] = failure
+        if self._pending:
+            result[RESULT_KEY], self._pending = self._pending, {}
+        with tempfile.TemporaryDirectory(prefix="ratsweep-checkpoint-") as tmp:
+            if state is not None:
+                torch.save(state, os.path.join(tmp, STATE_FILE))
+            if any(self.artifact_dir.iterdir()):
+                shutil.copytree(self.artifact_dir, os.path.join(tmp, ARTIFACTS))
+            has_content = state is not None or os.path.isdir(os.path.join(tmp, ARTIFACTS))
+            checkpoint = tune.Checkpoint.from_directory(tmp) if has_content else None
+            tune.report(result, checkpoint=checkpoint)
+
+
+def restored_state() -> dict | None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        path = os.path.join(directory, STATE_FILE)
+        return torch.load(path, weights_only=False) if os.path.exists(path) else None
+
+
+def make_trainable(space: Space, smoke: bool, data_dir: str):
+    """The function Tune runs per trial: config in, reports out, divergence recorded not retried."""
+    experiment_name, data_dir = space.experiment, os.path.abspath(data_dir)
+
+    def trainable(trial_config: dict[str, Any]) -> None:
+        from .. import registry  # noqa: PLC0415  (imported in the worker: loads plugins there)
+
+        logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per report
+
+        experiment = registry.get_experiment(experiment_name)
+        config = space.build_config(trial_config)
+        with tempfile.TemporaryDirectory(prefix="ratsweep-artifacts-") as artifacts:
+            session = TuneSession(smoke, data_dir, restored_state(), Path(artifacts))
+            try:
+                experiment.run(config, session)
+            except Diverged as e:
+                # Deterministic: retrying would diverge again. Report it and end the trial normally.
+                metrics = {**session.last_metrics, space.metric: float("nan")}
+                session.report(metrics, failure=f"diverged: {e}")
+
+    trainable.__name__ = experiment_name  # trial names read "approx_1a2b3c4d"
+    return tune.with_resources(trainable, {"cpu": space.resources["cpu"], "gpu": space.resources["gpu"]})

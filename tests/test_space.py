@@ -1,0 +1,153 @@
+"""Search-space files: schema errors, conditional keys, trial expansion, searchers. No Ray cluster."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from ratsweep import cli, config, registry
+from ratsweep.experiments.approx import ApproxConfig
+from ratsweep.experiments.common import RationalConfig
+from ratsweep.sweep import search
+from ratsweep.sweep.space import bundled, load
+
+HEADER = "name: t\nexperiment: approx\nmetric: {name: mse, mode: min}\n"
+
+
+def write(tmp_path, text: str, name: str = "space.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def validate(path, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["validate", str(path)])
+    return exit_info.value.code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize(
+    "body, key, expected",
+    [
+        ("name: t\nexperiment: aproxx\nmetric: {name: mse, mode: min}\n", "experiment", "did you mean 'approx'"),
+        ("name: t\nexperiment: approx\n", "metric", "missing"),
+        (HEADER.replace("min}", "down}"), "metric", "mode: min | max"),
+        (HEADER + "searchspace: {}\n", "searchspace", "did you mean 'search_space'"),
+        (HEADER + "search_space:\n  activaton: {grid: [relu]}\n", "search_space.activaton", "did you mean 'activation'"),
+        (HEADER + "search_space:\n  activation: {grid: [relu, gelo]}\n", "search_space.activation.grid", "did you mean 'gelu'"),
+        (HEADER + "search_space:\n  rational.init: {choice: [fancy]}\n", "search_space.rational.init.choice", "one of relu"),
+        (HEADER + "search_space:\n  rational.version: {grid: [E]}\n", "search_space.rational.version.grid", "one of A, B, C, D"),
+        (HEADER + "search_space:\n  rational.degrees: {grid: [[0, 4]]}\n", "search_space.rational.degrees.grid", "from 1 to 8"),
+        (HEADER + "search_space:\n  rational.degrees: {grid: [[5]]}\n", "search_space.rational.degrees.grid", "a list of 2 integers"),
+        (HEADER + "search_space:\n  rational.lr_mult: {loguniform: [0, 16]}\n", "search_space.rational.lr_mult.loguniform", "low > 0"),
+        (HEADER + "search_space:\n  rational.lr_mult: {uniform: [-1, 2]}\n", "search_space.rational.lr_mult.uniform", "> 0"),
+        (HEADER + "config: {rational.lr_mult: 0}\n", "config.rational.lr_mult", "> 0"),
+        (HEADER + "config: {steps: 1.5}\n", "config.steps", "an integer"),
+        (HEADER + "config: {depth: fast}\n", "config.depth", "an integer"),
+        (HEADER + "search_space:\n  seed: {randint: [3, 3]}\n", "search_space.seed.randint", "low < high"),
+        (HEADER + "search_space:\n  seed: {grid: 3}\n", "search_space.seed.grid", "non-empty list"),
+        (HEADER + "resources: {cpu: 1, gpu: -1}\n", "resources.gpu", ">= 0"),
+        (HEADER + "resources: {tpu: 1}\n", "resources.tpu", "cpu or gpu"),
+        (HEADER + "scheduler: {type: hyperband}\n", "scheduler.type", "fifo, asha, pbt"),
+        (HEADER + "scheduler: {type: asha, max_t: 10, grace_period: 20}\n", "scheduler.grace_period", "<= max_t"),
+        (HEADER + "search_alg: {type: bayes}\n", "search_alg.type", "optuna"),
+        (HEADER + "num_samples: 0\n", "num_samples", ">= 1"),
+        (HEADER + "version: 7\n", "version", "expected 1"),
+        ("name: t\nexperiment: [approx\n", "not valid YAML", "line"),
+    ],
+)
+def test_schema_errors_are_one_line_naming_file_and_key(tmp_path, capsys, body, key, expected):
+    path = write(tmp_path, body)
+    code, err = validate(path, capsys)
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert str(path) in err and key in err and expected in err, err
+
+
+def test_valid_space_exits_zero(tmp_path, capsys):
+    path = write(tmp_path, HEADER + "search_space:\n  activation: {grid: [relu, rational]}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["validate", str(path)])
+    assert exit_info.value.code == 0
+    assert "2 distinct trials" in capsys.readouterr().out
+
+
+def test_conditional_keys_never_duplicate_trials(tmp_path):
+    [space] = load(write(tmp_path, HEADER + textwrap.dedent("""\
+        num_samples: 3
+        search_space:
+          activation: {grid: [relu, gelu, rational]}
+          rational.degrees: {grid: [[3, 2], [5, 4]]}
+          rational.lr_mult: {loguniform: [0.25, 16]}
+          seed: {grid: [0, 1]}
+        """)))
+    trials = space.trials()
+    fixed = [t for t in trials if t["activation"] != "rational"]
+    rational = [t for t in trials if t["activation"] == "rational"]
+    assert len(fixed) == 2 * 2  # relu, gelu x seeds: degrees and lr_mult do not apply, so no repeats
+    assert all(set(t) == {"activation", "seed"} for t in fixed)
+    assert len(rational) == 2 * 2 * 3  # degrees x seeds x 3 samples of lr_mult
+    assert len({repr(sorted(t.items())) for t in trials}) == len(trials)
+    assert all(0.25 <= t["rational.lr_mult"] <= 16 for t in rational)
+
+
+def test_overrides_replace_searched_keys(tmp_path):
+    [space] = load(write(tmp_path, HEADER + "search_space:\n  activation: {grid: [relu, gelu]}\n"), {"activation": "silu", "steps": 5})
+    assert space.trials() == [{}]
+    assert space.build_config({}).activation == "silu" and space.build_config({}).steps == 5
+    with pytest.raises(ValueError, match="steps: expected an integer"):
+        load(write(tmp_path, HEADER), {"steps": "many"})
+
+
+def test_nested_config_mapping_and_build(tmp_path):
+    [space] = load(write(tmp_path, HEADER + "config: {activation: rational, rational: {degrees: [3, 2], version: B}}\n"))
+    built = space.build_config({})
+    assert built.rational == RationalConfig(degrees=(3, 2), version="B")
+
+
+@pytest.mark.parametrize("kind", ["optuna", "hyperopt"])
+def test_model_based_searchers_skip_configs_that_already_ran(tmp_path, kind):
+    [space] = load(write(tmp_path, HEADER + textwrap.dedent(f"""\
+        num_samples: 40
+        search_alg: {{type: {kind}, seed: 1}}
+        search_space:
+          activation: {{choice: [relu, gelu, rational]}}
+          rational.degrees: {{choice: [[3, 2], [5, 4]]}}
+        """)))
+    searcher, num_samples = search.search_algorithm(space, None)
+    assert num_samples == 40
+    suggested = []
+    for i in range(40):
+        config_ = searcher.suggest(f"t{i}")
+        if config_ == search.Searcher.FINISHED:
+            break
+        suggested.append(config_)
+        searcher.on_trial_complete(f"t{i}", result={"mse": float(i)})
+    # relu, gelu, rational (3, 2), rational (5, 4): four distinct configs, then the space is exhausted
+    assert sorted(map(repr, suggested)) == sorted(
+        map(repr, [{"activation": "relu"}, {"activation": "gelu"},
+                   {"activation": "rational", "rational.degrees": [3, 2]},
+                   {"activation": "rational", "rational.degrees": [5, 4]}])
+    )
+
+
+def test_bundled_spaces_are_valid():
+    names = bundled()
+    assert "quickstart" in names
+    for name in names:
+        assert load(name), name
+
+
+def test_config_flatten_leaves_out_what_does_not_apply():
+    relu = config.build(ApproxConfig, {"activation": "relu", "rational.degrees": [3, 2]})
+    assert not any(k.startswith("rational.") for k in config.flatten(relu))
+    rational = config.build(ApproxConfig, {"activation": "rational", "rational.degrees": [3, 2]})
+    assert config.flatten(rational)["rational.degrees"] == [3, 2]
+
+
+def test_registry_lists_builtins_and_rejects_unknown_names():
+    assert {"approx", "digits"} <= set(registry.experiments())
+    assert {"digits_mlp", "digits_cnn"} <= set(registry.architectures("digits"))
+    with pytest.raises(KeyError, match="did you mean 'digits'"):
+        registry.get_experiment("digit")
