@@ -46,11 +46,13 @@ def _overrides(pairs: list[str]) -> dict:
     """--set key=value (value parsed as YAML: 3, 0.5, true, [5, 4], gelu)."""
     import yaml
 
+    from ratsweep.sweep.space import UserError
+
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set: expected key=value, got {pair!r}")
+            raise UserError(f"--set: expected key=value, got {pair!r}")
         out[key.strip()] = yaml.safe_load(value)
     return out
 
@@ -64,8 +66,10 @@ def _load(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """Run the sweeps of a search space (a YAML path or a bundled name) with Ray Tune, tracked in MLflow."""
     spaces = _load(args)  # every document valid before anything starts
-    from ratsweep.sweep import runner
+    from ratsweep.sweep import runner, tracking
 
+    if not args.resume:  # a resumed sweep goes on in the store it began in
+        tracking.check_store(tracking.tracking_uri(args.tracking_uri))
     options = runner.RunOptions(
         smoke=args.smoke, data_dir=args.data_dir, tracking_uri=args.tracking_uri, storage=args.storage,
         address=args.address, resume=args.resume, max_concurrent=args.max_concurrent,
@@ -148,14 +152,20 @@ def report(args: argparse.Namespace) -> int:
 
 def submit(args: argparse.Namespace) -> int:
     """Submit `ratsweep run SPACE` to a Ray cluster as a job, with this machine's ratsweep code."""
+    import os
+
     from ratsweep.sweep import submit as submission
 
     _load(args)  # validate here, before anything travels
+    # The job runs in a temporary copy of the working dir: results must go somewhere lasting.
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    storage = args.storage or "~/ratsweep_results"
     run_args = [*(f"--set={pair}" for pair in args.set or []), *(["--smoke"] if args.smoke else [])]
-    for flag in ("data_dir", "tracking_uri", "storage", "max_concurrent"):
-        value = getattr(args, flag)
-        if value is not None:
-            run_args.append(f"--{flag.replace('_', '-')}={value}")
+    run_args += [f"--tracking-uri={submission.lasting_uri(uri)}", f"--storage={submission.lasting_path(storage)}"]
+    if args.data_dir:
+        run_args.append(f"--data-dir={args.data_dir}")
+    if args.max_concurrent:
+        run_args.append(f"--max-concurrent={args.max_concurrent}")
     if args.resume:
         run_args.append("--resume")
     job_id = submission.submit(args.address, args.space, run_args, args.working_dir)
@@ -215,9 +225,10 @@ def main(argv: list[str] | None = None) -> None:
 def _guarded(args: argparse.Namespace) -> int:
     """User errors are one line and exit code 2, never a stack trace."""
     from ratsweep.config import ConfigError
+    from ratsweep.sweep.space import UserError
 
     try:
         return args.run(args)
-    except (ConfigError, ValueError) as e:  # SpaceError, results.NotFound, bad --set are ValueErrors
+    except (ConfigError, UserError) as e:
         print(f"ratsweep {args.command}: {e}", file=sys.stderr)
         return 2

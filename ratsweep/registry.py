@@ -32,6 +32,7 @@ class Experiment:
     name: str
     config: type  # the config dataclass
     run: Callable[..., dict[str, float]]  # run(config, session) -> final metrics
+    metrics: tuple[str, ...]  # what it reports (a search space's metric must be one); () = unchecked
     description: str
     source: str  # the module that registered it
 
@@ -55,11 +56,12 @@ def _doc(fn) -> str:
     return (fn.__doc__ or "").strip().split("\n")[0]
 
 
-def register_experiment(name: str, config: type):
-    """Register `run(config, session) -> metrics` under `name` with its config dataclass."""
+def register_experiment(name: str, config: type, metrics: tuple[str, ...] = ()):
+    """Register `run(config, session) -> metrics` under `name` with its config dataclass and the
+    names of the metrics it reports."""
 
     def decorator(run):
-        _experiments[name] = Experiment(name, config, run, _doc(run), run.__module__)
+        _experiments[name] = Experiment(name, config, run, tuple(metrics), _doc(run), run.__module__)
         return run
 
     return decorator

@@ -6,7 +6,7 @@ from torch import nn
 
 from ratsweep.config import ConfigError, build
 from ratsweep.experiments import approx, digits
-from ratsweep.experiments.common import Diverged, LocalSession, Rational, num_params
+from ratsweep.experiments.common import Diverged, LocalSession, Rational, num_params, rational_param_groups
 from ratsweep.registry import architectures, experiments
 
 ACTIVATIONS = ["relu", "leaky_relu", "gelu", "silu", "tanh", "rational"]
@@ -165,3 +165,32 @@ def test_config_errors_are_one_line_and_name_the_key(config, values, key):
     assert "\n" not in str(error.value)
     if key == "model":
         assert "digits_cnn" in str(error.value) and "digits_mlp" in str(error.value)
+
+
+def test_restore_takes_learning_rates_from_the_current_config():
+    """PBT restarts a trial from another's checkpoint with a mutated lr_mult: the new rate applies,
+    at the same point of the schedule; an unchanged config restores exactly."""
+    from ratsweep.experiments.common import checkpoint, restore
+
+    def build(lr_mult):
+        model = torch.nn.Sequential(torch.nn.Linear(2, 4), Rational(), torch.nn.Linear(4, 1))
+        optimizer = torch.optim.Adam(rational_param_groups(model, 1e-2, lr_mult))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10)
+        return {"model": model, "optimizer": optimizer, "schedule": schedule}
+
+    donor, generator = build(1.0), torch.Generator()
+    for _ in range(3):
+        donor["optimizer"].step()
+        donor["schedule"].step()
+    state = checkpoint(donor, generator, step=3)
+    same, mutated = build(1.0), build(4.0)
+    restore(state, same, generator)
+    restore(state, mutated, generator)
+    lrs = {g["name"]: g["lr"] for g in donor["optimizer"].param_groups}
+    assert {g["name"]: g["lr"] for g in same["optimizer"].param_groups} == lrs
+    got = {g["name"]: g["lr"] for g in mutated["optimizer"].param_groups}
+    assert got["rational"] == pytest.approx(4 * lrs["rational"]) and got["decay"] == pytest.approx(lrs["decay"])
+    for part in (donor, mutated):
+        part["optimizer"].step()
+        part["schedule"].step()
+    assert mutated["optimizer"].param_groups[0]["lr"] == pytest.approx(4 * donor["optimizer"].param_groups[0]["lr"])

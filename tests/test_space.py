@@ -33,6 +33,9 @@ def validate(path, capsys) -> tuple[int, str]:
         ("name: t\nexperiment: aproxx\nmetric: {name: mse, mode: min}\n", "experiment", "did you mean 'approx'"),
         ("name: t\nexperiment: approx\n", "metric", "missing"),
         (HEADER.replace("min}", "down}"), "metric", "mode: min | max"),
+        (HEADER.replace("name: mse", "name: max_abs_errr"), "metric.name", "did you mean 'max_abs_err'"),
+        (HEADER + "scheduler: {type: pbt}\nsearch_alg: {type: optuna}\nsearch_space:\n  lr: {uniform: [0.001, 0.01]}\n",
+         "search_alg.type", "random or grid with the pbt scheduler"),
         (HEADER + "searchspace: {}\n", "searchspace", "did you mean 'search_space'"),
         (HEADER + "search_space:\n  activaton: {grid: [relu]}\n", "search_space.activaton", "did you mean 'activation'"),
         (HEADER + "search_space:\n  activation: {grid: [relu, gelo]}\n", "search_space.activation.grid", "did you mean 'gelu'"),
@@ -115,7 +118,7 @@ def test_model_based_searchers_skip_configs_that_already_ran(tmp_path, kind):
           activation: {{choice: [relu, gelu, rational]}}
           rational.degrees: {{choice: [[3, 2], [5, 4]]}}
         """)))
-    searcher, num_samples = search.search_algorithm(space, None)
+    searcher, _, num_samples = search.search_algorithm(space, None)
     assert num_samples == 40
     suggested = []
     for i in range(40):

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -137,6 +139,50 @@ def test_unknown_sweep_name_is_one_line(smoke_sweep):
     assert proc.returncode == 2 and "did you mean 'e2e_approx'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_searchers_and_schedulers_run(tmp_path):
+    """optuna + ASHA, hyperopt, and PBT (which mutates rational.lr_mult mid-run), as real sweeps."""
+    (tmp_path / "algs.yaml").write_text(textwrap.dedent("""\
+        name: by_optuna
+        experiment: approx
+        metric: {name: mse, mode: min}
+        num_samples: 6
+        search_alg: {type: optuna, seed: 0}
+        scheduler: {type: asha, max_t: 3, grace_period: 1}
+        search_space:
+          activation: {choice: [relu, rational]}
+          rational.degrees: {choice: [[3, 2], [5, 4]]}
+        ---
+        name: by_hyperopt
+        experiment: approx
+        metric: {name: mse, mode: min}
+        num_samples: 3
+        search_alg: {type: hyperopt, seed: 0}
+        search_space:
+          activation: {choice: [relu, gelu, rational]}
+          lr: {loguniform: [0.001, 0.01]}
+        ---
+        name: by_pbt
+        experiment: approx
+        metric: {name: mse, mode: min}
+        num_samples: 2
+        scheduler: {type: pbt, perturbation_interval: 1}
+        config: {activation: rational}
+        search_space:
+          rational.lr_mult: {loguniform: [0.5, 4]}
+        """))
+    ratsweep(tmp_path, "run", "algs.yaml", "--smoke")
+    client = mlflow_client(tmp_path)
+    optuna_runs, _ = trial_runs(client, "by_optuna")
+    configs = [tuple(sorted(r.data.params.items())) for r in optuna_runs]
+    assert 1 <= len(optuna_runs) <= 3 and len(set(configs)) == len(configs)  # 3 distinct configs exist
+    assert all(r.info.status == "FINISHED" for r in optuna_runs)
+    hyperopt_runs, _ = trial_runs(client, "by_hyperopt")
+    assert len(hyperopt_runs) == 3 and all(r.info.status == "FINISHED" for r in hyperopt_runs)
+    pbt_runs, _ = trial_runs(client, "by_pbt")
+    assert len(pbt_runs) == 2 and all(r.info.status == "FINISHED" for r in pbt_runs)
+    assert all(len(client.get_metric_history(r.info.run_id, "mse")) >= 3 for r in pbt_runs)
+
+
 def test_gpu_request_on_a_cluster_without_gpus_starts_nothing(tmp_path):
     (tmp_path / "gpu.yaml").write_text("name: g\nexperiment: approx\nmetric: {name: mse, mode: min}\nresources: {gpu: 0.25}\n")
     proc = ratsweep(tmp_path, "run", "gpu.yaml", "--smoke", check=False, env={"CUDA_VISIBLE_DEVICES": ""})
@@ -228,3 +274,87 @@ def test_resume_after_killing_the_driver(tmp_path):
         assert steps == set(range(1, 7)), steps  # 1200 steps / 200 per report, each report once
         if run.info.run_id in finished_before:  # finished trials were not run again
             assert run.info.end_time == finished_before[run.info.run_id]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_submit_runs_the_sweep_as_a_ray_job(tmp_path):
+    """A real one-node cluster (token auth, as Ray >= 2.60 starts it), the job shipped from here."""
+    import secrets
+
+    env = {
+        **os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),  # the job's `python`
+    }
+    dashboard = free_port()
+    ray_temp = tempfile.mkdtemp(prefix="rs-ray-")  # short: Ray's socket paths live under it
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={free_port()}", f"--dashboard-port={dashboard}", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--temp-dir={ray_temp}", "--num-cpus=2", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        address = f"http://127.0.0.1:{dashboard}"
+        project = tmp_path / "project"
+        project.mkdir()
+        (project / "space.yaml").write_text(HEADER_SUBMIT)
+        for _ in range(60):  # the dashboard takes a few seconds to come up
+            proc = ratsweep(project, "submit", "space.yaml", "--address", address, "--smoke", "--tracking-uri",
+                            f"sqlite:///{project / 'mlruns.db'}", env=env, check=False)
+            if proc.returncode == 0:
+                break
+            time.sleep(2)
+        assert proc.returncode == 0, proc.stderr
+        job_id = proc.stdout.split()[2]
+        assert f"ray job logs --follow --address {address} {job_id}" in proc.stdout
+        ray_cli = [str(Path(sys.executable).parent / "ray"), "job"]
+        logs = subprocess.run([*ray_cli, "logs", "--follow", "--address", address, job_id],
+                              env=env, capture_output=True, text=True, timeout=300).stdout
+        status = subprocess.run([*ray_cli, "status", "--address", address, job_id], env=env, capture_output=True, text=True).stdout
+        assert "succeeded" in status, logs[-3000:]
+        assert "== submitted: 2 trials" in logs
+        runs, _ = trial_runs(mlflow_client(project), "submitted")
+        assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+        shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+HEADER_SUBMIT = """\
+name: submitted
+experiment: approx
+metric: {name: mse, mode: min}
+search_space:
+  activation: {grid: [relu, rational]}
+"""
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ([], "--tracking-uri: expected the MLflow store the job logs to"),
+        (["--tracking-uri", "sqlite:///mlruns.db"], "--tracking-uri: expected an absolute SQLite path"),
+        (["--tracking-uri", "http://127.0.0.1:1", "--storage", "results"], "--storage: expected an absolute path"),
+        (["--tracking-uri", "http://127.0.0.1:1"], "--address: cannot reach a Ray dashboard at http://127.0.0.1:"),
+    ],
+)
+def test_submit_mistakes_are_one_line(tmp_path, args, expected):
+    (tmp_path / "space.yaml").write_text(HEADER_SUBMIT)
+    env = {"MLFLOW_TRACKING_URI": ""}
+    proc = ratsweep(tmp_path, "submit", "space.yaml", "--address", f"http://127.0.0.1:{free_port()}", *args, env=env, check=False)
+    assert proc.returncode == 2 and expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_bad_tracking_store_is_one_line_before_ray_starts(tmp_path):
+    (tmp_path / "space.yaml").write_text(HEADER_SUBMIT)
+    proc = ratsweep(tmp_path, "run", "space.yaml", "--smoke", "--tracking-uri", "bogus://x", check=False)
+    assert proc.returncode == 2 and "--tracking-uri: cannot use MLflow store 'bogus://x'" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

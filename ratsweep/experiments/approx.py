@@ -110,7 +110,7 @@ def save_fit_plot(model: nn.Module, grid: torch.Tensor, target: torch.Tensor, co
         bottom.set_xlabel("x")
 
 
-@register_experiment("approx", config=ApproxConfig)
+@register_experiment("approx", config=ApproxConfig, metrics=("mse", "max_abs_err", "train_loss"))
 def run(config: ApproxConfig, session: Session) -> dict[str, float]:
     """Fit a 1-D target with an MLP at a matched parameter count (the expressivity experiment)."""
     steps, report_every = (SMOKE_STEPS, SMOKE_REPORT_EVERY) if session.smoke else (config.steps, config.report_every)

@@ -142,9 +142,30 @@ def checkpoint(parts: Mapping[str, Any], generator: torch.Generator, **progress:
 
 
 def restore(state: Mapping[str, Any], parts: Mapping[str, Any], generator: torch.Generator) -> Mapping[str, Any]:
-    """Load a `checkpoint` into the parts and RNGs; returns the state, for its progress fields."""
+    """Load a `checkpoint` into the parts and RNGs; returns the state, for its progress fields.
+
+    Learning rates follow the current config, not the checkpoint's: under PBT a trial restarts from
+    another trial's checkpoint with a mutated config (say rational.lr_mult), and the change must take
+    effect. Each optimizer group's base rate becomes the one it was built with, its current rate is
+    rescaled by the same factor (keeping the schedule's progress), and schedules get the new bases.
+    Resuming with an unchanged config changes nothing.
+    """
+    configured = {
+        name: [group.get("initial_lr", group["lr"]) for group in part.param_groups]
+        for name, part in parts.items()
+        if isinstance(part, torch.optim.Optimizer)
+    }
     for name, part in parts.items():
         part.load_state_dict(state[name])
+    for name, bases in configured.items():
+        for group, base in zip(parts[name].param_groups, bases):
+            saved_base = group.get("initial_lr", group["lr"])
+            group["lr"] *= base / saved_base
+            if "initial_lr" in group:
+                group["initial_lr"] = base
+    for part in parts.values():
+        if isinstance(part, torch.optim.lr_scheduler.LRScheduler):
+            part.base_lrs = [group.get("initial_lr", group["lr"]) for group in part.optimizer.param_groups]
     torch.set_rng_state(state["rng"]["torch"])
     generator.set_state(state["rng"]["data"])
     return state

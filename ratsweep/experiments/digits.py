@@ -112,7 +112,7 @@ def save_learning_curve(curve: list[dict[str, float]], session: Session) -> None
         bottom.set_xlabel("epoch")
 
 
-@register_experiment("digits", config=DigitsConfig)
+@register_experiment("digits", config=DigitsConfig, metrics=("train_loss", "test_acc", "best_test_acc", "epoch_time_s"))
 def run(config: DigitsConfig, session: Session) -> dict[str, float]:
     """Classify sklearn's 8x8 handwritten digits (real data, bundled, seconds per trial)."""
     (train_x, train_y), (test_x, test_y) = load_split(config.test_fraction)

@@ -22,10 +22,11 @@ from mlflow.tracking import MlflowClient
 
 from .. import config as cfg
 from .. import registry
+from .space import UserError
 from .tracking import TAG_KIND, TAG_PARENT, client
 
 
-class NotFound(ValueError):
+class NotFound(UserError):
     """No such MLflow experiment, or no finished trials in it."""
 
 

@@ -68,14 +68,13 @@ def latest_sweep(storage: Path, name: str) -> Path | None:
 
 def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
     uri = tracking.tracking_uri(options.tracking_uri)
-    storage = Path(options.storage).resolve()
-    client = tracking.client(uri)
+    storage = Path(options.storage).expanduser().resolve()
     trainable = make_trainable(space, options.smoke, options.data_dir)
     previous = latest_sweep(storage, space.name) if options.resume else None
     if previous is not None:
         marker = json.loads((previous / SWEEP_FILE).read_text())
-        parent = marker["parent_run_id"]
-        client.update_run(parent, status="RUNNING")
+        parent, uri = marker["parent_run_id"], marker["tracking_uri"]  # the store the sweep began in
+        tracking.client(uri).update_run(parent, status="RUNNING")
         print(f"ratsweep: resuming {previous} (MLflow parent run {parent})", flush=True)
         tuner = tune.Tuner.restore(str(previous), trainable, resume_unfinished=True, resume_errored=True)
         path = previous
@@ -84,6 +83,7 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
             print(f"ratsweep: nothing to resume for {space.name!r} under {storage}; starting afresh", flush=True)
         sweep_id = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         path = storage / sweep_id
+        client = tracking.client(uri)
         experiment_id = tracking.ensure_experiment(client, space.name, uri, space)
         parent = tracking.start_sweep_run(client, experiment_id, space, sweep_id, options.smoke)
         tuner = _new_tuner(space, options, trainable, storage, sweep_id, tracking.MlflowTracking(uri, experiment_id, parent, space))
@@ -91,17 +91,19 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
         (path / SWEEP_FILE).write_text(json.dumps({"parent_run_id": parent, "tracking_uri": uri, "space": space.path}))
     try:
         results = tuner.fit()
-    except KeyboardInterrupt:
-        tracking.finish_sweep_run(uri, parent, "KILLED")
+    except BaseException as e:  # the sweep run must not stay RUNNING; --resume reopens it
+        tracking.finish_sweep_run(uri, parent, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     tracking.finish_sweep_run(uri, parent, "FINISHED")
     return SweepOutcome(space, str(path), uri, _rows(space, results))
 
 
 def _new_tuner(space: Space, options: RunOptions, trainable, storage: Path, sweep_id: str, callback) -> tune.Tuner:
-    search_alg, num_samples = search.search_algorithm(space, options.max_concurrent)
+    search_alg, param_space, num_samples = search.search_algorithm(space, options.max_concurrent)
+    pbt = space.scheduler["type"] == "pbt"
     return tune.Tuner(
         trainable,
+        param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=space.metric,
             mode=space.mode,
@@ -115,7 +117,8 @@ def _new_tuner(space: Space, options: RunOptions, trainable, storage: Path, swee
             name=sweep_id,
             storage_path=str(storage),
             failure_config=tune.FailureConfig(max_failures=space.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # PBT exploits other trials' recent checkpoints: keep more of them
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if pbt else 2),
             callbacks=[callback],
             verbose=1,  # Ray's status table as trials run; the summary table comes at the end
         ),
@@ -129,7 +132,8 @@ def _rows(space: Space, results) -> list[dict]:
         value = metrics.get(space.metric)
         failure = (metrics.get("ratsweep") or {}).get("failure")
         status = "ERROR" if result.error else ("FAILED" if failure else "OK")
-        rows.append({"status": status, "config": result.config, "value": value, "iterations": metrics.get("training_iteration")})
+        config = space.active(result.config or {})
+        rows.append({"status": status, "config": config, "value": value, "iterations": metrics.get("training_iteration")})
     sign = 1 if space.mode == "min" else -1
     rows.sort(key=lambda r: (r["value"] is None or not math.isfinite(r["value"]), sign * (r["value"] or 0)))
     return rows

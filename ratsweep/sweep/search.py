@@ -1,64 +1,31 @@
 """A Space's search algorithm and scheduler as Ray Tune objects.
 
-random / grid: the distinct trial configs are expanded here (Space.trials) and handed out in order
-by `TrialList`, so keys that do not apply never multiply trials.
+random / grid: the distinct trial configs are expanded here (Space.trials) and given to Tune's
+BasicVariantGenerator as points to evaluate, one trial each, so keys that do not apply never
+multiply trials (Tune fills a point's missing keys from their domains; they do not apply and are
+dropped again before the experiment sees the config). This path also serves PBT, which refuses
+model-based searchers.
 optuna / hyperopt: Tune's own searchers over the same domains, wrapped in `DistinctSearcher`, which
 strips keys that do not apply and never starts a config that already ran.
 """
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
-from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchAlgorithm, Searcher
 
-from .space import Domain, Space
-
-_PRIMITIVE = (bool, int, float, str, type(None))
+from .space import Domain, Space, encode
 
 
 def tune_domain(domain: Domain):
-    """The Ray Tune domain; choices that are not plain scalars (degree pairs) become their indices."""
+    """The Ray Tune domain (list values, such as degree pairs, encode()d as strings)."""
     if domain.kind in ("grid", "choice"):
-        values = domain.values
-        return tune.choice(values if all(isinstance(v, _PRIMITIVE) for v in values) else list(range(len(values))))
+        return tune.choice([encode(v) for v in domain.values])
     low, high = domain.values
     return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[domain.kind](low, high)
-
-
-def decode(space: Space, suggestion: dict[str, Any]) -> dict[str, Any]:
-    """Undo tune_domain's index encoding."""
-    out = {}
-    for key, value in suggestion.items():
-        domain = space.search_space[key]
-        encoded = domain.kind in ("grid", "choice") and not all(isinstance(v, _PRIMITIVE) for v in domain.values)
-        out[key] = domain.values[value] if encoded else value
-    return out
-
-
-class TrialList(Searcher):
-    """Hands out a fixed list of trial configs, then says FINISHED."""
-
-    def __init__(self, trials: list[dict[str, Any]], space: Space):
-        super().__init__(metric=space.metric, mode=space.mode)
-        self.pending = list(trials)
-
-    def suggest(self, trial_id: str):
-        return self.pending.pop(0) if self.pending else Searcher.FINISHED
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        pass
-
-    def save(self, checkpoint_path: str) -> None:  # Tune saves searchers for --resume
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.pending, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.pending = pickle.load(f)
 
 
 class DistinctSearcher(Searcher):
@@ -83,7 +50,7 @@ class DistinctSearcher(Searcher):
             suggestion = self.searcher.suggest(inner_id)
             if suggestion is None or suggestion == Searcher.FINISHED:
                 return suggestion
-            config = self.space.active(decode(self.space, suggestion))
+            config = self.space.active(suggestion)
             key = repr(sorted(config.items()))
             if key not in self._seen:
                 self._seen.add(key)
@@ -105,29 +72,21 @@ class DistinctSearcher(Searcher):
             self._results[self._key[trial_id]] = result
         self.searcher.on_trial_complete(self._inner_id[trial_id], result=result, error=error)
 
-    def save(self, checkpoint_path: str) -> None:
-        inner = checkpoint_path + ".inner"
-        self.searcher.save(inner)
-        state = {k: v for k, v in self.__dict__.items() if k not in ("searcher", "space")}
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(state, f)
+    # Tune saves a wrapper searcher (one with a .searcher) through get_state, the wrapped one itself.
+    def get_state(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("searcher", "space")}
 
-    def restore(self, checkpoint_path: str) -> None:
-        self.searcher.restore(checkpoint_path + ".inner")
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+    def set_state(self, state: dict) -> None:
+        self.__dict__.update(state)
 
 
-def search_algorithm(space: Space, max_concurrent: int | None) -> tuple[Searcher, int]:
-    """(searcher, num_samples for TuneConfig)."""
+def search_algorithm(space: Space, max_concurrent: int | None) -> tuple[SearchAlgorithm | Searcher, dict, int]:
+    """(search algorithm, param_space, num_samples) for the Tuner."""
     kind, seed = space.search_alg["type"], space.search_alg.get("seed", 0)
-    searcher: Searcher
     if kind in ("random", "grid"):
-        trials = space.trials()
-        searcher = TrialList(trials, space)
-        if max_concurrent:
-            searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
-        return searcher, len(trials)
+        trials = [{k: encode(v) for k, v in trial.items()} for trial in space.trials()]
+        domains = {key: tune_domain(domain) for key, domain in space.search_space.items()}
+        return BasicVariantGenerator(points_to_evaluate=trials, max_concurrent=max_concurrent or 0, random_state=seed), domains, len(trials)
     domains = {key: tune_domain(domain) for key, domain in space.search_space.items()}
     if kind == "optuna":
         from ray.tune.search.optuna import OptunaSearch  # noqa: PLC0415
@@ -137,15 +96,15 @@ def search_algorithm(space: Space, max_concurrent: int | None) -> tuple[Searcher
         from ray.tune.search.hyperopt import HyperOptSearch  # noqa: PLC0415
 
         inner = HyperOptSearch(space=domains, metric=space.metric, mode=space.mode, random_state_seed=seed)
-    searcher = DistinctSearcher(inner, space)
+    searcher: Searcher = DistinctSearcher(inner, space)
     if max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
-    return searcher, space.num_samples
+    return searcher, {}, space.num_samples
 
 
 def _mutation(domain: Domain):
     """PBT resamples from a list as is (degree pairs included), or from a continuous domain."""
-    return list(domain.values) if domain.kind in ("grid", "choice") else tune_domain(domain)
+    return [encode(v) for v in domain.values] if domain.kind in ("grid", "choice") else tune_domain(domain)
 
 
 def scheduler(space: Space) -> TrialScheduler:

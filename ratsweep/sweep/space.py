@@ -32,8 +32,18 @@ TOP_LEVEL = (
 )
 
 
-class SpaceError(ValueError):
+class UserError(ValueError):
+    """A mistake in what the user asked for: the CLI prints it as one line and exits with 2."""
+
+
+class SpaceError(UserError):
     """A search-space file is invalid; the message is one line: file, key, what was expected."""
+
+
+def encode(value):
+    """A list value (a degree pair) as one string: Tune walks into lists and tuples in a trial config
+    as if they were nested search spaces. Space.decode turns it back."""
+    return yaml.safe_dump(list(value), default_flow_style=True).strip() if isinstance(value, (list, tuple)) else value
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,10 @@ class Domain:
     @property
     def sampled(self) -> bool:
         return self.kind != "grid"
+
+    @property
+    def of_lists(self) -> bool:
+        return self.kind in ("grid", "choice") and any(isinstance(v, list) for v in self.values)
 
     def sample(self, rng: random.Random):
         low, high = self.values[:2]
@@ -78,8 +92,17 @@ class Space:
     def config_class(self) -> type:
         return registry.get_experiment(self.experiment).config
 
+    def decode(self, values: dict[str, Any]) -> dict[str, Any]:
+        """A trial config as Tune holds it, with encode()d list values as lists again."""
+        def plain(key, value):
+            domain = self.search_space.get(key)
+            return yaml.safe_load(value) if domain is not None and domain.of_lists and isinstance(value, str) else value
+
+        return {k: plain(k, v) for k, v in values.items()}
+
     def active(self, values: dict[str, Any]) -> dict[str, Any]:
         """values without the keys that do not apply (rational.* when activation is not rational)."""
+        values = self.decode(values)
         merged = {**self.config, **values}
         return {k: v for k, v in values.items() if cfg.applies(self.config_class, k, merged)}
 
@@ -102,7 +125,7 @@ class Space:
 
     def build_config(self, trial: dict[str, Any]):
         """The experiment's config dataclass for one trial (fixed values, then the trial's)."""
-        merged = {**self.config, **trial}
+        merged = {**self.config, **self.decode(trial)}
         return cfg.build(self.config_class, {k: v for k, v in merged.items() if cfg.applies(self.config_class, k, merged)})
 
 
@@ -183,6 +206,9 @@ def _parse(path: Path, doc, overrides: dict[str, Any]) -> Space:
     metric = _mapping(path, "metric", doc["metric"])
     if not isinstance(metric.get("name"), str) or metric.get("mode") not in ("min", "max"):
         _fail(path, "metric", f"expected {{name: <metric>, mode: min | max}}, got {metric!r}")
+    if experiment.metrics and metric["name"] not in experiment.metrics:
+        _fail(path, "metric.name", f"expected one of {', '.join(experiment.metrics)} (what {experiment.name} reports), "
+              f"got {metric['name']!r}{cfg.did_you_mean(metric['name'], experiment.metrics)}")
 
     resources = _mapping(path, "resources", doc.get("resources", {}))
     for key in resources:
@@ -222,6 +248,8 @@ def _parse(path: Path, doc, overrides: dict[str, Any]) -> Space:
             space.search_space[key] = domain
     space.config = fixed
     if space.scheduler["type"] == "pbt":
+        if space.search_alg["type"] not in ("random", "grid"):
+            _fail(path, "search_alg.type", f"expected random or grid with the pbt scheduler (it picks configs itself), got {space.search_alg['type']!r}")
         for key in space.scheduler.setdefault("mutate", [k for k, d in space.search_space.items() if d.sampled]):
             if key not in space.search_space:
                 _fail(path, "scheduler.mutate", f"{key!r} is not a key of search_space")

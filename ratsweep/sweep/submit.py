@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from ..rational._native import kernels_dir
-from .space import SpaceError, bundled_dir, resolve
+from .space import SpaceError, UserError, bundled_dir, resolve
 
 EXCLUDES = [".git", ".venv", "venv", "mlruns*", "ratsweep_results", "data", "__pycache__", "*.pyc"]
 
@@ -26,6 +26,23 @@ def stage_package(into: Path) -> Path:
         if not (target / source.name).exists():
             shutil.copytree(source, target / source.name)
     return target
+
+
+def lasting_uri(uri: str | None) -> str:
+    """The tracking URI for a job: a server, or a SQLite file at an absolute path on the head."""
+    if not uri:
+        raise UserError("--tracking-uri: expected the MLflow store the job logs to (http://HOST:5000, or "
+                        "sqlite:////absolute/path/mlruns.db on the head node); the job's own folder is temporary")
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        raise UserError(f"--tracking-uri: expected an absolute SQLite path (sqlite:////path/mlruns.db) for a job, got {uri!r}")
+    return uri
+
+
+def lasting_path(storage: str) -> str:
+    """Tune's storage for a job: absolute, under ~ (of the head), or a URI such as s3://."""
+    if not (storage.startswith(("/", "~")) or "://" in storage):
+        raise UserError(f"--storage: expected an absolute path, ~/..., or a URI (s3://...) for a job, got {storage!r}")
+    return storage
 
 
 def entrypoint(space: str, run_args: list[str], working_dir: Path) -> str:
@@ -46,7 +63,10 @@ def submit(address: str, space: str, run_args: list[str], working_dir: str = "."
     command = entrypoint(space, run_args, directory)
     with tempfile.TemporaryDirectory(prefix="ratsweep-submit-") as tmp:
         package = stage_package(Path(tmp))
-        job_client = JobSubmissionClient(address)
+        try:
+            job_client = JobSubmissionClient(address)
+        except ConnectionError as e:
+            raise UserError(f"--address: cannot reach a Ray dashboard at {address} ({str(e).splitlines()[0]})") from None
         return job_client.submit_job(
             entrypoint=command,
             runtime_env={"working_dir": str(directory), "py_modules": [str(package)], "excludes": EXCLUDES},

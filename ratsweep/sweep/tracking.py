@@ -8,6 +8,7 @@ its run instead of opening a second one.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -21,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from .. import config as cfg
-from .space import Space
+from .space import Space, UserError
 from .trainable import ARTIFACTS, RESULT_KEY
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
@@ -40,6 +41,19 @@ def tracking_uri(explicit: str | None = None) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + os.path.abspath(uri.removeprefix("sqlite:///"))
     return uri
+
+
+def check_store(uri: str) -> None:
+    """Fail in one line, before Ray starts, if the tracking store cannot be used."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise UserError(f"--tracking-uri: {uri}: expected a writable folder for the database, {folder} is not one")
+        return
+    try:
+        client(uri).search_experiments(max_results=1)
+    except Exception as e:  # MLflow raises several types for bad schemes, unreachable servers, auth
+        raise UserError(f"--tracking-uri: cannot use MLflow store {uri!r}: {str(e).strip().splitlines()[0]}") from None
 
 
 def artifact_root(uri: str) -> str | None:
@@ -115,6 +129,7 @@ class MlflowTracking(Callback):
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
         self._failures: dict[str, str] = {}
+        self._configs: dict[str, dict] = {}  # the applicable config each run was started with
 
     def __getstate__(self):  # pickled with the Tuner for restore: no live client
         return {**self.__dict__, "_client": None}
@@ -141,10 +156,11 @@ class MlflowTracking(Callback):
             params = cfg.flatten(config)
             tags = {TAG_PARENT: self.parent_run_id, TAG_KIND: "trial", TAG_TRIAL: trial.trial_id,
                     "mlflow.runName": f"{self.space.experiment} {trial.trial_id}",
-                    "ratsweep.searched": ",".join(sorted(trial.config))}
+                    "ratsweep.searched": ",".join(sorted(self.space.active(trial.config)))}
             run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
             self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()])
         self._runs[trial.trial_id] = run_id
+        self._configs[trial.trial_id] = self.space.active(trial.config)
         return run_id
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -158,6 +174,11 @@ class MlflowTracking(Callback):
         extra = result.get(RESULT_KEY) or {}
         params = [Param(k, _param(v)) for k, v in (extra.get("params") or {}).items()]
         tags = [RunTag(k, str(v)) for k, v in (extra.get("tags") or {}).items()]
+        config = self.space.active(trial.config)
+        changed = {k: v for k, v in config.items() if self._configs[trial.trial_id].get(k) != v}
+        if changed:  # PBT mutated the config (params are immutable in MLflow: a tag per change)
+            tags.append(RunTag(f"ratsweep.config_from_step_{step}", json.dumps(changed)))
+            self._configs[trial.trial_id] = config
         if extra.get("failure"):
             self._failures[trial.trial_id] = extra["failure"]
             tags.append(RunTag("ratsweep.failure", extra["failure"][:5000]))

@@ -19,7 +19,7 @@ class ToyConfig:
     seed: int = 0
 
 
-@register_experiment("toy", config=ToyConfig)
+@register_experiment("toy", config=ToyConfig, metrics=("mse",))
 def run(config: ToyConfig, session):
     """Fit x^2 on [-1, 1] with 8 hidden units."""
     torch.manual_seed(config.seed)

@@ -1,0 +1,1 @@
+"""Search-space YAML -> Ray Tune sweeps tracked in MLflow: the only package that imports ray and mlflow."""
