@@ -274,6 +274,8 @@ def test_resume_after_killing_the_driver(tmp_path):
         assert steps == set(range(1, 7)), steps  # 1200 steps / 200 per report, each report once
         if run.info.run_id in finished_before:  # finished trials were not run again
             assert run.info.end_time == finished_before[run.info.run_id]
+            [trial_dir] = (tmp_path / "ratsweep_results").glob(f"resumable-*/approx_{run.data.tags['ratsweep.trial_id']}_*")
+            assert len((trial_dir / "result.json").read_text().splitlines()) == 6
 
 
 def free_port() -> int:
@@ -358,3 +360,25 @@ def test_bad_tracking_store_is_one_line_before_ray_starts(tmp_path):
     proc = ratsweep(tmp_path, "run", "space.yaml", "--smoke", "--tracking-uri", "bogus://x", check=False)
     assert proc.returncode == 2 and "--tracking-uri: cannot use MLflow store 'bogus://x'" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_resume_repairs_state_files_truncated_by_a_kill(tmp_path, monkeypatch):
+    """Tune copies its state into storage non-atomically: a truncated copy is replaced by the
+    driver's intact original, and with no original --resume refuses rather than rerun trials."""
+    from ratsweep.sweep.runner import repair_tune_state
+    from ratsweep.sweep.space import SpaceError
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    experiment = tmp_path / "results" / "sweep-1"
+    staged = tmp_path / "ray" / "session_1" / "artifacts" / "t" / "sweep-1" / "driver_artifacts"
+    experiment.mkdir(parents=True)
+    staged.mkdir(parents=True)
+    state = json.dumps({"runner_data": {}, "trial_data": []})
+    (staged / "experiment_state-1.json").write_text(state)
+    (experiment / "experiment_state-1.json").write_text(state[:10])
+    (experiment / "searcher-state-1.pkl").write_bytes(__import__("pickle").dumps({"pending": []}))
+    assert repair_tune_state(experiment) == ["experiment_state-1.json"]
+    assert (experiment / "experiment_state-1.json").read_text() == state
+    (experiment / "searcher-state-1.pkl").write_bytes(b"\x80\x05")
+    with pytest.raises(SpaceError, match="searcher-state-1.pkl is damaged"):
+        repair_tune_state(experiment)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,10 @@ def init_ray(address: str | None) -> None:
     # Every report checkpoints (ASHA may stop a trial after any): Tune's "snapshotting too often"
     # warning is expected here, not a problem to fix.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Snapshot the experiment state at every controller step (a few KB here), so a killed driver
+    # resumes knowing every trial that had finished, instead of restarting some from their last
+    # checkpoint.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
 
 
@@ -66,6 +71,43 @@ def latest_sweep(storage: Path, name: str) -> Path | None:
     return None
 
 
+def _intact(path: Path) -> bool:
+    """Tune's state files are JSON or cloudpickle; a truncated copy is neither."""
+    from ray import cloudpickle  # noqa: PLC0415
+
+    data = path.read_bytes()
+    for load in (json.loads, cloudpickle.loads):
+        try:
+            load(data)
+            return True
+        except Exception:  # noqa: BLE001  (any decoding error means damaged)
+            continue
+    return False
+
+
+def repair_tune_state(experiment: Path) -> list[str]:
+    """Tune writes its state files on the driver (atomically), then copies them into the storage
+    folder (not atomically): a driver killed during the copy leaves a truncated file there, and
+    Tune, failing to read it, would silently restart the whole sweep. Put back the intact original
+    from the driver's staging folder, or refuse to resume rather than run trials twice."""
+    ray_temp = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray"
+    repaired = []
+    # experiment_state-*, search_gen_state-*, searcher-state-*, basic-variant-state-* (tuner.pkl is
+    # written once, before any trial)
+    for path in sorted(experiment.glob("*-state-*.*")) + sorted(experiment.glob("*_state-*.json")):
+        if not path.exists() or _intact(path):
+            continue
+        staged = sorted(ray_temp.glob(f"session_*/artifacts/*/{experiment.name}/driver_artifacts/{path.name}"),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+        original = next((p for p in staged if _intact(p)), None)
+        if original is None:
+            raise SpaceError(f"--resume: {path} is damaged (the driver was killed while Tune copied it) and the "
+                             "driver's own copy is gone; run without --resume to start this sweep afresh")
+        shutil.copy2(original, path)
+        repaired.append(path.name)
+    return repaired
+
+
 def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
     uri = tracking.tracking_uri(options.tracking_uri)
     storage = Path(options.storage).expanduser().resolve()
@@ -74,8 +116,10 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
     if previous is not None:
         marker = json.loads((previous / SWEEP_FILE).read_text())
         parent, uri = marker["parent_run_id"], marker["tracking_uri"]  # the store the sweep began in
+        repaired = repair_tune_state(previous)
         tracking.client(uri).update_run(parent, status="RUNNING")
-        print(f"ratsweep: resuming {previous} (MLflow parent run {parent})", flush=True)
+        print(f"ratsweep: resuming {previous} (MLflow parent run {parent})"
+              + (f"; restored {', '.join(repaired)} from the driver's copy" if repaired else ""), flush=True)
         tuner = tune.Tuner.restore(str(previous), trainable, resume_unfinished=True, resume_errored=True)
         path = previous
     else:

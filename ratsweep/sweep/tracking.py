@@ -130,6 +130,7 @@ class MlflowTracking(Callback):
         self._runs: dict[str, str] = {}
         self._failures: dict[str, str] = {}
         self._configs: dict[str, dict] = {}  # the applicable config each run was started with
+        self.commit = git_commit()  # of the driver's code, which the trials run
 
     def __getstate__(self):  # pickled with the Tuner for restore: no live client
         return {**self.__dict__, "_client": None}
@@ -157,6 +158,8 @@ class MlflowTracking(Callback):
             tags = {TAG_PARENT: self.parent_run_id, TAG_KIND: "trial", TAG_TRIAL: trial.trial_id,
                     "mlflow.runName": f"{self.space.experiment} {trial.trial_id}",
                     "ratsweep.searched": ",".join(sorted(self.space.active(trial.config)))}
+            if self.commit:
+                tags["git.commit"] = self.commit
             run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
             self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()])
         self._runs[trial.trial_id] = run_id
@@ -165,7 +168,8 @@ class MlflowTracking(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
-        self.client.update_run(run_id, status="RUNNING")
+        if self.client.get_run(run_id).info.status != "FINISHED":
+            self.client.update_run(run_id, status="RUNNING")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.run_id(trial)
@@ -189,6 +193,8 @@ class MlflowTracking(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
+        if self.client.get_run(run_id).info.status == "FINISHED":  # completed before a resume: keep it as it was
+            return
         self._log_artifacts(run_id, trial)
         self.client.set_terminated(run_id, "FAILED" if trial.trial_id in self._failures else "FINISHED")
 
