@@ -11,8 +11,6 @@ strips keys that do not apply and never starts a config that already ran.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchAlgorithm, Searcher
