@@ -125,8 +125,7 @@ class Space:
 
     def build_config(self, trial: dict[str, Any]):
         """The experiment's config dataclass for one trial (fixed values, then the trial's)."""
-        merged = {**self.config, **self.decode(trial)}
-        return cfg.build(self.config_class, {k: v for k, v in merged.items() if cfg.applies(self.config_class, k, merged)})
+        return cfg.build(self.config_class, self.active({**self.config, **trial}))
 
 
 def bundled_dir() -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..rational._native import kernels_dir
 from .space import SpaceError, UserError, bundled_dir, resolve
+from .tracking import sqlite_file
 
 EXCLUDES = [".git", ".venv", "venv", "mlruns*", "ratsweep_results", "data", "__pycache__", "*.pyc"]
 
@@ -33,7 +34,8 @@ def lasting_uri(uri: str | None) -> str:
     if not uri:
         raise UserError("--tracking-uri: expected the MLflow store the job logs to (http://HOST:5000, or "
                         "sqlite:////absolute/path/mlruns.db on the head node); the job's own folder is temporary")
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+    db = sqlite_file(uri)
+    if db is not None and not db.is_absolute():
         raise UserError(f"--tracking-uri: expected an absolute SQLite path (sqlite:////path/mlruns.db) for a job, got {uri!r}")
     return uri
 

@@ -35,18 +35,23 @@ _TUNE_KEYS = {
 }
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a SQLite tracking URI (relative for sqlite:///x, absolute for sqlite:////x)."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def tracking_uri(explicit: str | None = None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else ./mlruns.db as an absolute SQLite URI."""
     uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + os.path.abspath(uri.removeprefix("sqlite:///"))
-    return uri
+    db = sqlite_file(uri)
+    return uri if db is None or db.is_absolute() else f"sqlite:///{os.path.abspath(db)}"
 
 
 def check_store(uri: str) -> None:
     """Fail in one line, before Ray starts, if the tracking store cannot be used."""
-    if uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
+    db = sqlite_file(uri)
+    if db is not None:
+        folder = db.parent
         if not (folder.is_dir() and os.access(folder, os.W_OK)):
             raise UserError(f"--tracking-uri: {uri}: expected a writable folder for the database, {folder} is not one")
         return
@@ -58,10 +63,8 @@ def check_store(uri: str) -> None:
 
 def artifact_root(uri: str) -> str | None:
     """For a SQLite store: artifacts in a folder beside the database file (else the server decides)."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        return (db.parent / f"{db.stem}-artifacts").as_uri()
-    return None
+    db = sqlite_file(uri)
+    return None if db is None else (db.parent / f"{db.stem}-artifacts").as_uri()
 
 
 def client(uri: str) -> MlflowClient:
@@ -231,7 +234,7 @@ def finish_sweep_run(uri: str, run_id: str, status: str) -> None:
 
 
 def open_ui_command(uri: str) -> str:
-    if uri.startswith("sqlite:///"):
+    if sqlite_file(uri) is not None:
         return f"mlflow ui --backend-store-uri {uri}"
     return f"open {uri} in a browser (experiment runs are under the sweep's name)"
 
