@@ -74,9 +74,12 @@ def run(args: argparse.Namespace) -> int:
         smoke=args.smoke, data_dir=args.data_dir, tracking_uri=args.tracking_uri, storage=args.storage,
         address=args.address, resume=args.resume, max_concurrent=args.max_concurrent,
     )
+    if args.address is None:  # on a cluster the data lives on the workers: each trial checks there
+        for space in spaces:
+            runner.check_data(space, args.data_dir)
     runner.init_ray(args.address)
     for space in spaces:
-        runner.check_cluster(space)
+        runner.check_cluster(space, args.smoke)
     for space in spaces:
         runner.print_summary(runner.run_sweep(space, options))
     return 0
@@ -106,11 +109,41 @@ def list_plugins(args: argparse.Namespace) -> int:
     print("architectures:")
     for name, arch in registry.architectures().items():
         print(f"  {name:<16} ({arch.family}) {arch.description}  [{arch.source}]")
+    print("datasets (ratsweep data NAME --dir DIR):")
+    for name, dataset in registry.datasets().items():
+        print(f"  {name:<16} {dataset.description}  [{dataset.source}]")
     print("search spaces:")
     for name, path in bundled().items():
         print(f"  {name:<16} {path}")
     for error in registry.load_errors:
         print(f"plugin failed to load: {error}")
+    return 0
+
+
+def data(args: argparse.Namespace) -> int:
+    """Download a dataset an experiment reads (where there is internet); without a name, list them."""
+    from pathlib import Path
+
+    from ratsweep import registry
+
+    if args.name is None:
+        for name, dataset in registry.datasets().items():
+            print(f"  {name:<16} {dataset.description}  [{dataset.source}]")
+        return 0
+    from ratsweep.sweep.space import UserError
+
+    try:
+        dataset = registry.get_dataset(args.name)
+    except KeyError as e:
+        raise UserError(e.args[0]) from None
+    directory = Path(args.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        dataset.download(directory)
+    except (OSError, RuntimeError) as e:  # no network, a failed checksum, a full disk
+        raise UserError(f"{args.name}: download into {directory} failed: {e}") from None
+    dataset.verify(directory)
+    print(f"{args.name}: ready in {directory} (pass --data-dir {directory} to ratsweep run)")
     return 0
 
 
@@ -140,11 +173,15 @@ def report(args: argparse.Namespace) -> int:
     from ratsweep.sweep import results, tracking
 
     sweep = results.load_sweep(tracking.tracking_uri(args.tracking_uri), args.name)
-    group_by = args.group_by or results.default_group_by(sweep)
-    print(results.table(sweep, group_by, args.format), end="")
+    layout = results.Layout.of(sweep)  # the search space's `report:` layout, if it has one
+    if args.group_by or args.columns or args.best_of:  # a layout given here replaces it
+        layout = results.Layout(args.group_by or results.default_group_by(sweep), args.columns, args.best_of)
+        layout.rows = [k for k in layout.rows if k not in (args.columns, args.best_of)]
+    layout.percent |= args.percent
+    print(results.table(sweep, layout, args.format), end="")
     if args.plots:
         root = Path(args.plots)
-        files = results.plots(sweep, group_by, root)
+        files = results.plots(sweep, layout, root)
         results.log_report(sweep, files, root)
         print(f"plots: {len(files)} files in {root} (also attached to the sweep's MLflow run under report/)")
     return 0
@@ -211,12 +248,19 @@ def main(argv: list[str] | None = None) -> None:
             sub.add_argument("--top", type=int, default=1)
             sub.add_argument("--format", choices=["table", "json", "yaml"], default="table")
         else:
-            sub.add_argument("--group-by", nargs="+", metavar="KEY", help="config keys (default: those that vary, except seed)")
+            sub.add_argument("--group-by", nargs="+", metavar="KEY", help="a row per value of these config keys "
+                             "(default: the search space's report.rows, else the keys that vary, except seed)")
+            sub.add_argument("--columns", metavar="KEY", help="a column per value of this config key (e.g. norm)")
+            sub.add_argument("--best-of", metavar="KEY", help="each cell the better of this key's settings (e.g. lsuv)")
+            sub.add_argument("--percent", action="store_true", help="show 100 x the metric (accuracies)")
             sub.add_argument("--format", choices=["md", "latex", "csv"], default="md")
             sub.add_argument("--plots", metavar="DIR", help="also write learning curves and learned-activation plots here")
     sub = command(validate)
     sub.add_argument("space")
     sub.add_argument("--set", action="append", metavar="KEY=VALUE")
+    sub = command(data)
+    sub.add_argument("name", nargs="?", help="the dataset (ratsweep data, without it, lists them)")
+    sub.add_argument("--dir", default="data", help="where to put it; ratsweep run's --data-dir (default: ./data)")
     command(list_plugins, "list")
     args = parser.parse_args(argv)
     sys.exit(_guarded(args))
@@ -225,10 +269,11 @@ def main(argv: list[str] | None = None) -> None:
 def _guarded(args: argparse.Namespace) -> int:
     """User errors are one line and exit code 2, never a stack trace."""
     from ratsweep.config import ConfigError
+    from ratsweep.experiments.common import DataError
     from ratsweep.sweep.space import UserError
 
     try:
         return args.run(args)
-    except (ConfigError, UserError) as e:
+    except (ConfigError, DataError, UserError) as e:
         print(f"ratsweep {args.command}: {e}", file=sys.stderr)
         return 2

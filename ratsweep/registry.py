@@ -18,13 +18,14 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from .config import did_you_mean
 
 ENTRY_POINT_GROUPS = ("ratsweep.experiments", "ratsweep.architectures")
 # ratsweep's own experiments: found without installed metadata, e.g. from a source checkout.
-BUILTIN_MODULES = ("ratsweep.experiments.approx", "ratsweep.experiments.digits")
+BUILTIN_MODULES = ("ratsweep.experiments.approx", "ratsweep.experiments.digits", "ratsweep.experiments.cifar10")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Experiment:
     metrics: tuple[str, ...]  # what it reports (a search space's metric must be one); () = unchecked
     description: str
     source: str  # the module that registered it
+    datasets: tuple[str, ...] = ()  # registered datasets it reads from the data dir (checked before a sweep)
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,18 @@ class Architecture:
     source: str
 
 
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    download: Callable[[Path], None]  # download(data_dir): fetch it (where there is internet)
+    verify: Callable[[Path], None]  # verify(data_dir): raise DataError saying how to get it if absent
+    description: str
+    source: str
+
+
 _experiments: dict[str, Experiment] = {}
 _architectures: dict[str, Architecture] = {}
+_datasets: dict[str, Dataset] = {}
 _loaded = False
 load_errors: list[str] = []  # plugins that failed to load, shown by `ratsweep list`
 
@@ -56,15 +68,20 @@ def _doc(fn) -> str:
     return (fn.__doc__ or "").strip().split("\n")[0]
 
 
-def register_experiment(name: str, config: type, metrics: tuple[str, ...] = ()):
-    """Register `run(config, session) -> metrics` under `name` with its config dataclass and the
-    names of the metrics it reports."""
+def register_experiment(name: str, config: type, metrics: tuple[str, ...] = (), datasets: tuple[str, ...] = ()):
+    """Register `run(config, session) -> metrics` under `name` with its config dataclass, the
+    names of the metrics it reports and the registered datasets it needs."""
 
     def decorator(run):
-        _experiments[name] = Experiment(name, config, run, tuple(metrics), _doc(run), run.__module__)
+        _experiments[name] = Experiment(name, config, run, tuple(metrics), _doc(run), run.__module__, tuple(datasets))
         return run
 
     return decorator
+
+
+def register_dataset(name: str, download: Callable[[Path], None], verify: Callable[[Path], None]) -> None:
+    """Register a dataset for `ratsweep data NAME --dir DIR` (download's docstring describes it)."""
+    _datasets[name] = Dataset(name, download, verify, _doc(download), download.__module__)
 
 
 def register_architecture(name: str, family: str = "image_classifier"):
@@ -101,6 +118,18 @@ def experiments() -> dict[str, Experiment]:
 def architectures(family: str | None = None) -> dict[str, Architecture]:
     load_plugins()
     return {k: v for k, v in sorted(_architectures.items()) if family is None or v.family == family}
+
+
+def datasets() -> dict[str, Dataset]:
+    load_plugins()
+    return dict(sorted(_datasets.items()))
+
+
+def get_dataset(name: str) -> Dataset:
+    known = datasets()
+    if name not in known:
+        raise unknown("dataset", name, known)
+    return known[name]
 
 
 def unknown(kind: str, name: str, known) -> KeyError:

@@ -66,6 +66,7 @@ class ApproxConfig:
     seed: int = 0  # model init and the sampled points
 
     def __post_init__(self):
+        self.rational.default_lr_mult(1.0)
         check(self.depth >= 1, "depth", "an integer >= 1", self.depth)
         check(self.param_budget >= 1, "param_budget", "an integer >= 1", self.param_budget)
         check(self.steps >= 1, "steps", "an integer >= 1", self.steps)

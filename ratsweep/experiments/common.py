@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,6 +38,11 @@ assert set(RationalInit.__args__) <= set(TARGETS)
 
 class Diverged(RuntimeError):
     """The loss became NaN or infinite: the trial stops and is recorded FAILED with this reason."""
+
+
+class DataError(RuntimeError):
+    """A dataset is missing or unreadable; the message (one line) says how to get it. Retrying a
+    trial cannot fix it, so it is recorded FAILED at once, and a sweep checks first (registry datasets)."""
 
 
 class Session(Protocol):
@@ -79,11 +85,18 @@ class RationalConfig:
     degrees: tuple[int, int] = (5, 4)
     version: Literal["A", "B", "C", "D"] = "A"
     init: RationalInit = "leaky_relu"
-    lr_mult: float = 1.0  # the coefficients' learning rate is lr * lr_mult
+    # The coefficients' learning rate is lr * lr_mult. None: the experiment's own default (its
+    # recipe's, e.g. 0.5 for CIFAR-10 augmented), filled in by default_lr_mult.
+    lr_mult: float | None = None
 
     def __post_init__(self):
         check(all(1 <= d <= MAX_DEGREE for d in self.degrees), "degrees", f"two integers from 1 to {MAX_DEGREE}", list(self.degrees))
-        check(self.lr_mult > 0, "lr_mult", "a number > 0", self.lr_mult)
+        check(self.lr_mult is None or self.lr_mult > 0, "lr_mult", "a number > 0", self.lr_mult)
+
+    def default_lr_mult(self, value: float) -> None:
+        """Called by the experiment config's __post_init__: `value` unless lr_mult was given."""
+        if self.lr_mult is None:
+            self.lr_mult = value
 
 
 def rational_field() -> Any:
@@ -109,7 +122,9 @@ def num_params(model: nn.Module) -> int:
 
 
 def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's and numpy's global RNGs (numpy: timm's mixup draws from it); returns the data RNG."""
     torch.manual_seed(seed)
+    np.random.seed(seed)
     return torch.Generator().manual_seed(seed)
 
 
@@ -125,6 +140,52 @@ def plot_rationals(model: nn.Module, directory: Path, inputs: Mapping[nn.Module,
     return paths
 
 
+def rational_snapshot(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every Rational's (numerator, denominator) by module path, copied to the CPU."""
+    return {
+        name: (module.numerator.detach().cpu().clone(), module.denominator.detach().cpu().clone())
+        for name, module in model.named_modules()
+        if isinstance(module, Rational)
+    }
+
+
+def plot_rational_evolution(model: nn.Module, snapshots: Mapping[int, Mapping[str, tuple[torch.Tensor, torch.Tensor]]],
+                            inputs: Mapping[nn.Module, torch.Tensor], path: Path) -> Path | None:
+    """One panel per Rational layer: its shape at each snapshot epoch ({epoch: rational_snapshot}),
+    over a histogram of what the layer receives now (`inputs`, from capture_inputs), as in the
+    paper's figure of the learned VGG8 activations across depth. None if the model has no Rational."""
+    from ..rational import reference  # noqa: PLC0415
+
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, Rational)]
+    if not layers:
+        return None
+    ncols = min(4, len(layers))
+    nrows = math.ceil(len(layers) / ncols)
+    with saved_figure(path, nrows, ncols, width=3.2 * ncols, squeeze=False) as (_, axes):
+        for ax, (name, module) in zip(axes.flat, layers):
+            seen = inputs.get(module)
+            lo, hi = (-4.0, 4.0) if seen is None or not seen.numel() else (
+                min(-1.0, torch.quantile(seen[:100_000].double(), 0.005).item()),
+                max(1.0, torch.quantile(seen[:100_000].double(), 0.995).item()))
+            x = torch.linspace(lo, hi, 400, dtype=torch.float64)
+            if seen is not None and seen.numel():
+                hist = ax.twinx()
+                hist.hist(seen[(seen >= lo) & (seen <= hi)].numpy(), bins=60, color="0.85", density=True)
+                hist.set_yticks([])
+                ax.set_zorder(1)
+                ax.patch.set_visible(False)
+            version = "B" if module.version == "D" else module.version
+            for epoch, coefficients in sorted(snapshots.items()):
+                numerator, denominator = coefficients[name]
+                y = reference.forward(x, numerator.double(), denominator.double(), version)
+                ax.plot(x.numpy(), y.numpy(), lw=1.2, label=f"epoch {epoch}")
+            ax.set_title(name, fontsize=8)
+        axes.flat[0].legend(fontsize=6, frameon=False)
+        for ax in list(axes.flat)[len(layers):]:
+            ax.set_visible(False)
+    return path
+
+
 def checkpoint(parts: Mapping[str, Any], generator: torch.Generator, **progress: Any) -> dict[str, Any]:
     """What a resumed run restarts from: a copy of each part's state_dict, the RNG states, progress.
 
@@ -136,7 +197,7 @@ def checkpoint(parts: Mapping[str, Any], generator: torch.Generator, **progress:
     assert not set(parts) & (set(progress) | {"rng"}), "part names must not clash with progress keys"
     return {
         **{name: copy.deepcopy(part.state_dict()) for name, part in parts.items()},
-        "rng": {"torch": torch.get_rng_state(), "data": generator.get_state()},
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "data": generator.get_state()},
         **copy.deepcopy(progress),
     }
 
@@ -167,6 +228,7 @@ def restore(state: Mapping[str, Any], parts: Mapping[str, Any], generator: torch
         if isinstance(part, torch.optim.lr_scheduler.LRScheduler):
             part.base_lrs = [group.get("initial_lr", group["lr"]) for group in part.optimizer.param_groups]
     torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
     generator.set_state(state["rng"]["data"])
     return state
 
@@ -183,7 +245,7 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextlib.contextmanager
-def saved_figure(path: Path, nrows: int = 1, ncols: int = 1, **subplots: Any) -> Iterator[tuple[Any, Any]]:
+def saved_figure(path: Path, nrows: int = 1, ncols: int = 1, width: float = 6, **subplots: Any) -> Iterator[tuple[Any, Any]]:
     """(figure, axes) to draw on; saved as a PNG at `path` when the block ends.
 
     Uses matplotlib's object API without pyplot, so no backend is switched and no global figure
@@ -191,9 +253,21 @@ def saved_figure(path: Path, nrows: int = 1, ncols: int = 1, **subplots: Any) ->
     """
     from matplotlib.figure import Figure  # noqa: PLC0415  (plotting only at the end of a run)
 
-    figure = Figure(figsize=(6, 2.6 * nrows), dpi=120)
+    figure = Figure(figsize=(width, 2.6 * nrows), dpi=120)
     axes = figure.subplots(nrows, ncols, **subplots)
     yield figure, axes
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
+
+
+def save_learning_curve(curve: list[dict[str, float]], session: Session) -> None:
+    """learning_curve.png: train loss (log scale) and test accuracy per epoch."""
+    epochs = range(1, len(curve) + 1)
+    with saved_figure(session.artifact_dir / "learning_curve.png", nrows=2, sharex=True) as (_, (top, bottom)):
+        top.plot(epochs, [m["train_loss"] for m in curve], "o-", ms=3)
+        top.set_ylabel("train loss")
+        top.set_yscale("log")
+        bottom.plot(epochs, [m["test_acc"] for m in curve], "o-", ms=3, color="C2")
+        bottom.set_ylabel("test accuracy")
+        bottom.set_xlabel("epoch")

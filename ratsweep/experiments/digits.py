@@ -31,7 +31,7 @@ from .common import (
     rational_field,
     rational_param_groups,
     restore,
-    saved_figure,
+    save_learning_curve,
     seed_everything,
 )
 
@@ -53,6 +53,7 @@ class DigitsConfig:
     seed: int = 0  # model init and batch order (not the split)
 
     def __post_init__(self):
+        self.rational.default_lr_mult(1.0)
         known = list(architectures("digits"))
         check(self.model in known, "model", "one of " + ", ".join(known), self.model)
         check(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
@@ -98,18 +99,6 @@ def load_split(test_fraction: float) -> tuple[tuple[torch.Tensor, torch.Tensor],
         torch.arange(len(labels)).numpy(), test_size=test_fraction, stratify=labels.numpy(), random_state=SPLIT_SEED
     )
     return (images[train_idx], labels[train_idx]), (images[test_idx], labels[test_idx])
-
-
-def save_learning_curve(curve: list[dict[str, float]], session: Session) -> None:
-    """learning_curve.png: train loss and test accuracy per epoch."""
-    epochs = range(1, len(curve) + 1)
-    with saved_figure(session.artifact_dir / "learning_curve.png", nrows=2, sharex=True) as (_, (top, bottom)):
-        top.plot(epochs, [m["train_loss"] for m in curve], "o-", ms=3)
-        top.set_ylabel("train loss")
-        top.set_yscale("log")
-        bottom.plot(epochs, [m["test_acc"] for m in curve], "o-", ms=3, color="C2")
-        bottom.set_ylabel("test accuracy")
-        bottom.set_xlabel("epoch")
 
 
 @register_experiment("digits", config=DigitsConfig, metrics=("train_loss", "test_acc", "best_test_acc", "epoch_time_s"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import shutil
@@ -23,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from .. import config as cfg
 from .. import registry
 from .space import UserError
-from .tracking import TAG_KIND, TAG_PARENT, client
+from .tracking import TAG_KIND, TAG_PARENT, TAG_REPORT, client
 
 
 class NotFound(UserError):
@@ -49,7 +50,8 @@ class Sweep:
     mode: str
     runs: list[TrialRun]
     client: MlflowClient
-    sweep_run_ids: list[str]
+    sweep_run_ids: list[str]  # newest first
+    report: dict[str, Any]  # the newest sweep run's report layout from its search space ({} if none)
 
     def ranked(self) -> list[TrialRun]:
         """Finished trials with the metric, best first."""
@@ -97,8 +99,9 @@ def load_sweep(uri: str, name: str) -> Sweep:
             )
         )
     sweeps.sort(key=lambda r: r.info.start_time, reverse=True)
+    report = json.loads(sweeps[0].data.tags.get(TAG_REPORT, "{}")) if sweeps else {}
     return Sweep(name, tags.get("ratsweep.experiment", "?"), tags["ratsweep.metric"], tags["ratsweep.mode"], runs,
-                 mlflow_client, [r.info.run_id for r in sweeps])
+                 mlflow_client, [r.info.run_id for r in sweeps], report)
 
 
 def _all_runs(mlflow_client: MlflowClient, experiment_id: str):
@@ -179,49 +182,116 @@ def _show(value) -> str:
     return str(value)
 
 
-def table(sweep: Sweep, group_by: list[str], fmt: str) -> str:
-    """mean ± std of the metric per group over its runs (seeds), with n and mean minutes. The best
-    is marked per block of rows sharing all group-by values but the last (per target, the best
-    activation), as the paper marks the best activation per model."""
-    rows = groups(sweep, group_by)
-    if not rows:
-        raise NotFound(f"{sweep.name}: no finished trial has a {sweep.metric!r} metric yet")
+@dataclass
+class Layout:
+    """How `report` arranges the groups: a row per combination of `rows`' values; with `columns`,
+    one column per value of that key; with `best_of`, each cell the better of that key's settings
+    (by mean, as the paper's Table 2 takes the better of LSUV on/off); `percent` shows 100 x metric;
+    `curve` is the metric the learning-curve plots show (default: the sweep's)."""
+
+    rows: list[str]
+    columns: str | None = None
+    best_of: str | None = None
+    percent: bool = False
+    curve: str | None = None
+
+    @classmethod
+    def of(cls, sweep: Sweep) -> Layout:
+        """The sweep's own layout (its search space's `report:`), else a row per varying key."""
+        report = sweep.report
+        return cls(list(report.get("rows") or default_group_by(sweep)), report.get("columns"), report.get("best_of"),
+                   bool(report.get("percent", False)), report.get("curve"))
+
+
+@dataclass
+class Cell:
+    row: tuple
+    column: str  # "" without layout.columns
+    group: Group
+    chosen: str | None  # the best_of setting this cell shows
+
+
+def cells(sweep: Sweep, layout: Layout) -> list[Cell]:
+    keys = [*layout.rows, *(k for k in (layout.columns, layout.best_of) if k)]
     pick = max if sweep.mode == "max" else min
-    block_best = {}
-    for g in rows:
-        block_best[g.key[:-1]] = pick(block_best.get(g.key[:-1], g.mean), g.mean)
+    out: dict[tuple, Cell] = {}
+    for g in groups(sweep, keys):
+        row, rest = g.key[:len(layout.rows)], g.key[len(layout.rows):]
+        column = rest[0] if layout.columns else ""
+        chosen = rest[-1] if layout.best_of else None
+        current = out.get((row, column))
+        if current is None or pick(g.mean, current.group.mean) != current.group.mean:
+            out[(row, column)] = Cell(row, column, g, chosen)
+    return list(out.values())
 
-    def is_best(g: Group) -> bool:
-        return g.mean == block_best[g.key[:-1]]
 
-    header = [*group_by, sweep.metric, "n", "minutes"]
-    body = []
-    for g in rows:
-        seconds = [r.seconds for r in g.runs if r.seconds is not None]
-        minutes = f"{statistics.fmean(seconds) / 60:.2f}" if seconds else "-"
-        body.append((g, [*g.key, f"{g.mean:.4g} ± {g.std:.2g}", str(len(g.values)), minutes]))
+def _block(layout: Layout, row: tuple) -> tuple:
+    """The rows a best is marked among: those sharing the first row key's value (all, with one key)."""
+    return row[:1] if len(layout.rows) > 1 else ()
+
+
+def table(sweep: Sweep, layout: Layout, fmt: str) -> str:
+    """mean ± std of the metric per cell over its runs (seeds), with n and mean minutes per row. The
+    best is marked per column within each block of rows sharing the first row key's value (per
+    model, the best activation, as the paper marks it)."""
+    found = cells(sweep, layout)
+    if not found:
+        raise NotFound(f"{sweep.name}: no finished trial has a {sweep.metric!r} metric yet")
+    scale = 100 if layout.percent else 1
+    digits = ".2f" if layout.percent else ".4g"
+
+    def value(c: Cell) -> str:
+        text = f"{scale * c.group.mean:{digits}} ± {scale * c.group.std:{'.2f' if layout.percent else '.2g'}}"
+        return f"{text} ({layout.best_of}={c.chosen})" if layout.best_of else text
+
+    def minutes(cs: list[Cell]) -> str:
+        seconds = [r.seconds for c in cs for r in c.group.runs if r.seconds is not None]
+        return f"{statistics.fmean(seconds) / 60:.2f}" if seconds else "-"
+
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow([*group_by, f"{sweep.metric}_mean", f"{sweep.metric}_std", "n", "minutes"])
-        for g, cells in body:
-            writer.writerow([*g.key, g.mean, g.std, len(g.values), cells[-1]])
+        extra = [k for k in (layout.columns, layout.best_of) if k]
+        writer.writerow([*layout.rows, *extra, f"{sweep.metric}_mean", f"{sweep.metric}_std", "n", "minutes"])
+        for c in sorted(found, key=lambda c: (c.row, c.column)):
+            chosen = [c.column] * bool(layout.columns) + [c.chosen] * bool(layout.best_of)
+            writer.writerow([*c.row, *chosen, c.group.mean, c.group.std, len(c.group.values), minutes([c])])
         return out.getvalue()
+
+    pick = max if sweep.mode == "max" else min
+    best: dict[tuple, float] = {}
+    for c in found:
+        block = (_block(layout, c.row), c.column)
+        best[block] = pick(best.get(block, c.group.mean), c.group.mean)
+    columns = sorted({c.column for c in found})
+    by_row: dict[tuple, dict[str, Cell]] = {}
+    for c in found:
+        by_row.setdefault(c.row, {})[c.column] = c
+    header = [*layout.rows, *([f"{layout.columns}={v}" for v in columns] if layout.columns else [sweep.metric]), "n", "minutes"]
+    body = []
+    for row in sorted(by_row):
+        row_cells = by_row[row]
+        counts = sorted({len(c.group.values) for c in row_cells.values()})
+        texts = []
+        for column in columns:
+            c = row_cells.get(column)
+            texts.append(("-", False) if c is None else (value(c), c.group.mean == best[(_block(layout, row), column)]))
+        body.append([*row, *texts, "/".join(map(str, counts)), minutes(list(row_cells.values()))])
+
     if fmt == "latex":
-        lines = [r"\begin{tabular}{" + "l" * len(group_by) + "rrr}", r"\toprule", " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
-        for g, cells in body:
-            cells = [_tex(c) for c in cells]
-            if is_best(g):
-                cells[len(group_by)] = r"\textbf{" + cells[len(group_by)] + "}"
-            lines.append(" & ".join(cells).replace("±", r"$\pm$") + r" \\")
+        lines = [r"\begin{tabular}{" + "l" * len(layout.rows) + "r" * (len(columns) + 2) + "}", r"\toprule",
+                 " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
+        for cells_ in body:
+            rendered = [_tex(x) if isinstance(x, str) else (r"\textbf{" + _tex(x[0]) + "}" if x[1] else _tex(x[0])) for x in cells_]
+            lines.append(" & ".join(rendered).replace("±", r"$\pm$") + r" \\")
         return "\n".join([*lines, r"\bottomrule", r"\end{tabular}"]) + "\n"
-    scope = f" per {', '.join(group_by[:-1])}" if len(group_by) > 1 else ""
-    lines = [f"{sweep.name}: {sweep.metric} ({sweep.mode}), mean ± std over runs; best{scope} in bold", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(group_by) + "---:|---:|---:|"]
-    for g, cells in body:
-        if is_best(g):
-            cells[len(group_by)] = f"**{cells[len(group_by)]}**"
-        lines.append("| " + " | ".join(cells) + " |")
+    scope = f" per {layout.rows[0]}" if len(layout.rows) > 1 else ""
+    unit = " x 100" if layout.percent else ""
+    lines = [f"{sweep.name}: {sweep.metric}{unit} ({sweep.mode}), mean ± std over runs; best{scope} in bold", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(layout.rows) + "---:|" * (len(columns) + 2)]
+    for cells_ in body:
+        rendered = [x if isinstance(x, str) else (f"**{x[0]}**" if x[1] else x[0]) for x in cells_]
+        lines.append("| " + " | ".join(rendered) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -229,37 +299,46 @@ def _tex(text: str) -> str:
     return str(text).replace("_", r"\_").replace("%", r"\%")
 
 
-def plots(sweep: Sweep, group_by: list[str], directory: Path) -> list[Path]:
-    """learning_curves.png (metric per report, mean per group) and each group's best run's
-    learned-rational and fit plots, copied from its MLflow artifacts."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+def plots(sweep: Sweep, layout: Layout, directory: Path) -> list[Path]:
+    """learning_curves.png: the curve metric per report, mean ± std over each cell's runs, one panel
+    per (first row key's value, column), one line per the other row values; and each cell's best
+    run's plots (learned rationals, fits), copied from its MLflow artifacts."""
+    from matplotlib.figure import Figure  # noqa: PLC0415
 
     directory.mkdir(parents=True, exist_ok=True)
+    metric = layout.curve or sweep.metric
+    found = cells(sweep, layout)
+    panels = sorted({(_block(layout, c.row), c.column) for c in found})
+    ncols = len({column for _, column in panels})
+    nrows = math.ceil(len(panels) / ncols)
+    figure = Figure(figsize=(5 * ncols, 3.4 * nrows), dpi=120)
+    axes = figure.subplots(nrows, ncols, squeeze=False).flat
     written = []
-    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
-    for g in groups(sweep, group_by):
-        curves = [[m.value for m in sorted(sweep.client.get_metric_history(r.run_id, sweep.metric), key=lambda m: m.step)] for r in g.runs]
-        length = min(len(c) for c in curves)
-        if length:
-            mean = [statistics.fmean(c[i] for c in curves) for i in range(length)]
-            ax.plot(range(1, length + 1), mean, label=", ".join(g.key) or "all")
-        written += _copy_artifacts(sweep.client, g.runs[0].run_id, directory / _slug(g.key))
-    ax.set_xlabel("report (epoch / step block)")
-    ax.set_ylabel(sweep.metric)
-    ax.set_title(f"{sweep.name}: {sweep.metric} (mean over runs)")
-    ax.legend(fontsize=7, frameon=False)
-    fig.tight_layout()
+    for ax, panel in zip(axes, panels):
+        for c in sorted((c for c in found if (_block(layout, c.row), c.column) == panel), key=lambda c: c.row):
+            curves = [[m.value for m in sorted(sweep.client.get_metric_history(r.run_id, metric), key=lambda m: m.step)] for r in c.group.runs]
+            length = min(len(curve) for curve in curves)
+            if length:
+                steps = range(1, length + 1)
+                mean = [statistics.fmean(curve[i] for curve in curves) for i in range(length)]
+                std = [statistics.pstdev([curve[i] for curve in curves]) for i in range(length)]
+                label = ", ".join(c.row[len(panel[0]):]) or "all"
+                ax.plot(steps, mean, "o-", ms=2, label=label)
+                ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+            written += _copy_artifacts(sweep.client, c.group.runs[0].run_id, directory / _slug((*c.row, c.column)))
+        title = ", ".join([*panel[0], *([f"{layout.columns}={panel[1]}"] if layout.columns else [])])
+        ax.set_title(f"{sweep.name}: {title}" if title else sweep.name, fontsize=9)
+        ax.set_xlabel("report (epoch / step block)")
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=7, frameon=False)
+    figure.tight_layout()
     path = directory / "learning_curves.png"
-    fig.savefig(path)
-    plt.close(fig)
+    figure.savefig(path)
     return [path, *written]
 
 
 def _slug(key: tuple) -> str:
-    text = "_".join(k.strip("()").replace(", ", "x") for k in key) or "all"
+    text = "_".join(k.strip("()").replace(", ", "x") for k in key if k) or "all"
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
 
 

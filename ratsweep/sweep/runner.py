@@ -13,6 +13,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
+from .. import registry
 from . import search, tracking
 from .space import Space, SpaceError
 from .trainable import make_trainable
@@ -52,14 +53,25 @@ def init_ray(address: str | None) -> None:
     ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
 
 
-def check_cluster(space: Space) -> None:
-    """Resources the cluster cannot give would leave trials pending forever: refuse up front."""
+def check_cluster(space: Space, smoke: bool = False) -> None:
+    """Resources the cluster cannot give would leave trials pending forever: refuse up front.
+    A smoke run is the exception for GPUs: it shrinks trials to run anywhere, so without a GPU
+    its trials run on CPU."""
     available = ray.cluster_resources()
+    if smoke and space.resources["gpu"] > available.get("GPU", 0.0):
+        print(f"ratsweep: {space.name}: --smoke on a cluster without GPUs: trials run on CPU", flush=True)
+        space.resources["gpu"] = 0.0
     for name, key in (("cpu", "CPU"), ("gpu", "GPU")):
         need, have = space.resources[name], available.get(key, 0.0)
         if need > have:
             what = f"at most {have:g} (this cluster has {have:g} {key}s)" if have else f"0 (this cluster has no {key})"
             raise SpaceError(f"{space.path}: resources.{name}: expected {what}, got {need:g}")
+
+
+def check_data(space: Space, data_dir: str) -> None:
+    """The experiment's registered datasets are under data_dir (DataError saying how to get them)."""
+    for name in registry.get_experiment(space.experiment).datasets:
+        registry.get_dataset(name).verify(Path(data_dir))
 
 
 def latest_sweep(storage: Path, name: str) -> Path | None:
@@ -161,8 +173,9 @@ def _new_tuner(space: Space, options: RunOptions, trainable, storage: Path, swee
             name=sweep_id,
             storage_path=str(storage),
             failure_config=tune.FailureConfig(max_failures=space.max_failures),
-            # PBT exploits other trials' recent checkpoints: keep more of them
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if pbt else 2),
+            # A trial resumes from its latest checkpoint (a CIFAR VGG8 one is ~40 MB, hundreds of
+            # trials per sweep); PBT exploits other trials' recent ones: keep more of them.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if pbt else 1),
             callbacks=[callback],
             verbose=1,  # Ray's status table as trials run; the summary table comes at the end
         ),

@@ -28,8 +28,9 @@ SCHEDULERS = {
 SEARCH_ALGS = ("random", "grid", "optuna", "hyperopt")
 TOP_LEVEL = (
     "version", "name", "experiment", "metric", "num_samples", "resources", "scheduler", "search_alg",
-    "max_failures", "config", "search_space",
+    "max_failures", "config", "search_space", "report",
 )
+REPORT_KEYS = ("rows", "columns", "best_of", "percent", "curve")
 
 
 class UserError(ValueError):
@@ -86,6 +87,7 @@ class Space:
     max_failures: int = 2
     config: dict[str, Any] = field(default_factory=dict)  # fixed dotted values
     search_space: dict[str, Domain] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)  # `ratsweep report`'s default layout (REPORT_KEYS)
     document: dict[str, Any] = field(default_factory=dict)  # as written, for the MLflow artifact
 
     @property
@@ -246,6 +248,7 @@ def _parse(path: Path, doc, overrides: dict[str, Any]) -> Space:
         else:
             space.search_space[key] = domain
     space.config = fixed
+    space.report = _report(path, experiment, doc.get("report") or {})
     if space.scheduler["type"] == "pbt":
         if space.search_alg["type"] not in ("random", "grid"):
             _fail(path, "search_alg.type", f"expected random or grid with the pbt scheduler (it picks configs itself), got {space.search_alg['type']!r}")
@@ -303,6 +306,36 @@ def _search_alg(path, raw) -> dict[str, Any]:
             _fail(path, f"search_alg.{key}", "unknown key; expected type or seed")
     if "seed" in raw:
         _number(path, "search_alg.seed", raw["seed"], int, minimum=0)
+    return dict(raw)
+
+
+def _report(path, experiment, raw) -> dict[str, Any]:
+    """report: {rows: [keys], columns: key, best_of: key, percent: bool, curve: metric}."""
+    raw, cls = _mapping(path, "report", raw), experiment.config
+    for key, value in raw.items():
+        if key not in REPORT_KEYS:
+            _fail(path, f"report.{key}", f"unknown key{cfg.did_you_mean(key, REPORT_KEYS)}; expected one of {', '.join(REPORT_KEYS)}")
+    rows = raw.get("rows", [])
+    if not isinstance(rows, list) or not all(isinstance(k, str) for k in rows):
+        _fail(path, "report.rows", f"expected a list of config keys, got {rows!r}")
+    for key in rows:
+        _annotation(path, cls, "report.rows", key)
+    for name in ("columns", "best_of"):
+        key = raw.get(name)
+        if key is None:
+            continue
+        if not isinstance(key, str):
+            _fail(path, f"report.{name}", f"expected a config key, got {key!r}")
+        _annotation(path, cls, f"report.{name}", key)
+        if key in rows:
+            _fail(path, f"report.{name}", f"expected a key not among report.rows, got {key!r}")
+    if raw.get("columns") is not None and raw.get("columns") == raw.get("best_of"):
+        _fail(path, "report.best_of", f"expected a key other than report.columns, got {raw['best_of']!r}")
+    curve = raw.get("curve")
+    if curve is not None and (not isinstance(curve, str) or (experiment.metrics and curve not in experiment.metrics)):
+        _fail(path, "report.curve", f"expected one of {', '.join(experiment.metrics)} (what {experiment.name} reports), got {curve!r}")
+    if not isinstance(raw.get("percent", False), bool):
+        _fail(path, "report.percent", f"expected true or false, got {raw['percent']!r}")
     return dict(raw)
 
 

@@ -27,6 +27,7 @@ from .trainable import ARTIFACTS, RESULT_KEY
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 TAG_KIND, TAG_TRIAL, TAG_PARENT, TAG_SWEEP = "ratsweep.kind", "ratsweep.trial_id", "mlflow.parentRunId", "ratsweep.sweep"
+TAG_REPORT = "ratsweep.report"  # on a sweep run: its search space's report layout (JSON)
 # Bookkeeping Tune adds to every result: not metrics of the experiment.
 _TUNE_KEYS = {
     "training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
@@ -99,6 +100,8 @@ def start_sweep_run(mlflow_client: MlflowClient, experiment_id: str, space: Spac
         TAG_KIND: "sweep", TAG_SWEEP: sweep_id, "ratsweep.version": ratsweep.__version__,
         "ratsweep.space": space.path, "ratsweep.smoke": str(smoke), "mlflow.runName": f"sweep {sweep_id}",
     }
+    if space.report:
+        tags[TAG_REPORT] = json.dumps(space.report)
     commit = git_commit()
     if commit:
         tags["git.commit"] = commit

@@ -22,7 +22,7 @@ from ray import tune
 
 import ratsweep
 
-from ..experiments.common import Diverged
+from ..experiments.common import DataError, Diverged
 from ..rational import resolve_backend
 from .space import Space
 
@@ -87,11 +87,13 @@ def restored_state() -> dict | None:
         return None
     with checkpoint.as_directory() as directory:
         path = os.path.join(directory, STATE_FILE)
-        return torch.load(path, weights_only=False) if os.path.exists(path) else None
+        # CPU first: the trial may resume on another node, or without the GPU it was saved from;
+        # load_state_dict then moves each part where the model lives.
+        return torch.load(path, weights_only=False, map_location="cpu") if os.path.exists(path) else None
 
 
 def make_trainable(space: Space, smoke: bool, data_dir: str):
-    """The function Tune runs per trial: config in, reports out, divergence recorded not retried."""
+    """The function Tune runs per trial: config in, reports out; divergence or missing data recorded, not retried."""
     experiment_name, data_dir = space.experiment, os.path.abspath(data_dir)
 
     def trainable(trial_config: dict[str, Any]) -> None:
@@ -105,10 +107,10 @@ def make_trainable(space: Space, smoke: bool, data_dir: str):
             session = TuneSession(smoke, data_dir, restored_state(), Path(artifacts))
             try:
                 experiment.run(config, session)
-            except Diverged as e:
-                # Deterministic: retrying would diverge again. Report it and end the trial normally.
+            except (Diverged, DataError) as e:
+                # Deterministic: a retry would fail the same way. Record why and end the trial normally.
                 metrics = {**session.last_metrics, space.metric: float("nan")}
-                session.report(metrics, failure=f"diverged: {e}")
+                session.report(metrics, failure=f"diverged: {e}" if isinstance(e, Diverged) else str(e))
 
     trainable.__name__ = experiment_name  # trial names read "approx_1a2b3c4d"
     return tune.with_resources(trainable, {"cpu": space.resources["cpu"], "gpu": space.resources["gpu"]})

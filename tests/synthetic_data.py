@@ -1,0 +1,38 @@
+"""Small synthetic datasets written in the real on-disk formats (no downloads in tests).
+
+Never a source of results: the images are class-coloured noise, only there to drive the real
+loading code and training loops end to end.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def write_cifar10(root: Path, train_per_batch: int = 200, test: int = 200, seed: int = 0) -> Path:
+    """root/cifar-10-batches-py as torchvision's CIFAR10 reads it: data_batch_1..5, test_batch
+    (pickled dicts: data N x 3072 uint8 rows in channel-major order, labels list of int), batches.meta."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(40, 216, size=(10, 3, 1, 1))
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def batch(name: str, n: int) -> None:
+        labels = rng.integers(0, 10, size=n)
+        images = np.clip(colours[labels] + rng.normal(0, 40, size=(n, 3, 32, 32)), 0, 255).astype(np.uint8)
+        content = {"batch_label": name, "labels": labels.tolist(), "data": images.reshape(n, 3072),
+                   "filenames": [f"{name}_{i}.png" for i in range(n)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(content, f, protocol=2)
+
+    for i in range(1, 6):
+        batch(f"data_batch_{i}", train_per_batch)
+    batch("test_batch", test)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": list(CIFAR_CLASSES), "num_cases_per_batch": train_per_batch, "num_vis": 3072}, f, protocol=2)
+    return Path(root)
