@@ -57,6 +57,12 @@ def validate(path, capsys) -> tuple[int, str]:
         (HEADER + "search_alg: {type: bayes}\n", "search_alg.type", "optuna"),
         (HEADER + "num_samples: 0\n", "num_samples", ">= 1"),
         (HEADER + "version: 7\n", "version", "expected 1"),
+        (HEADER + "report: {rowz: [activation]}\n", "report.rowz", "did you mean 'rows'"),
+        (HEADER + "report: {rows: [activaton]}\n", "report.rows", "did you mean 'activation'"),
+        (HEADER + "report: {rows: [activation], columns: activation}\n", "report.columns", "not among report.rows"),
+        (HEADER + "report: {columns: target, best_of: target}\n", "report.best_of", "other than report.columns"),
+        (HEADER + "report: {curve: accuracy}\n", "report.curve", "one of max_abs_err"),
+        (HEADER + "report: {percent: 100}\n", "report.percent", "true or false"),
         ("name: t\nexperiment: [approx\n", "not valid YAML", "line"),
     ],
 )

@@ -17,37 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from mlflow.tracking import MlflowClient
 
 from ratsweep.sweep.space import load
+from helpers import artifacts, mlflow_client, ratsweep, trial_runs
 
 PLUGIN = Path(__file__).parent / "plugin"
-
-
-def ratsweep(cwd: Path, *args: str, env: dict | None = None, timeout: int = 300, check: bool = True):
-    proc = subprocess.run(
-        [sys.executable, "-m", "ratsweep", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"ratsweep {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def mlflow_client(cwd: Path) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{cwd / 'mlruns.db'}")
-
-
-def trial_runs(client: MlflowClient, name: str):
-    experiment = client.get_experiment_by_name(name)
-    assert experiment is not None, f"no MLflow experiment {name}"
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    return [r for r in runs if r.data.tags.get("ratsweep.kind") == "trial"], [r for r in runs if r.data.tags.get("ratsweep.kind") == "sweep"]
-
-
-def artifacts(client: MlflowClient, run) -> set[str]:
-    return {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 SMOKE_SPACE = """\

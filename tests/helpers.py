@@ -1,0 +1,35 @@
+"""Running the `ratsweep` CLI as a user would, and reading what it left in MLflow."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+
+def ratsweep(cwd: Path, *args: str, env: dict | None = None, timeout: int = 300, check: bool = True):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ratsweep", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ratsweep {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def mlflow_client(cwd: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{cwd / 'mlruns.db'}")
+
+
+def trial_runs(client: MlflowClient, name: str):
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None, f"no MLflow experiment {name}"
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return [r for r in runs if r.data.tags.get("ratsweep.kind") == "trial"], [r for r in runs if r.data.tags.get("ratsweep.kind") == "sweep"]
+
+
+def artifacts(client: MlflowClient, run) -> set[str]:
+    return {a.path for a in client.list_artifacts(run.info.run_id)}
