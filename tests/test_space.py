@@ -61,7 +61,7 @@ def validate(path, capsys) -> tuple[int, str]:
         (HEADER + "report: {rows: [activaton]}\n", "report.rows", "did you mean 'activation'"),
         (HEADER + "report: {rows: [activation], columns: activation}\n", "report.columns", "not among report.rows"),
         (HEADER + "report: {columns: target, best_of: target}\n", "report.best_of", "other than report.columns"),
-        (HEADER + "report: {curve: accuracy}\n", "report.curve", "one of max_abs_err"),
+        (HEADER + "report: {curve: accuracy}\n", "report.curve", "one of mse, max_abs_err"),
         (HEADER + "report: {percent: 100}\n", "report.percent", "true or false"),
         ("name: t\nexperiment: [approx\n", "not valid YAML", "line"),
     ],
@@ -112,7 +112,7 @@ def test_overrides_replace_searched_keys(tmp_path):
 def test_nested_config_mapping_and_build(tmp_path):
     [space] = load(write(tmp_path, HEADER + "config: {activation: rational, rational: {degrees: [3, 2], version: B}}\n"))
     built = space.build_config({})
-    assert built.rational == RationalConfig(degrees=(3, 2), version="B")
+    assert built.rational == RationalConfig(degrees=(3, 2), version="B", lr_mult=1.0)  # approx's default multiplier
 
 
 @pytest.mark.parametrize("kind", ["optuna", "hyperopt"])

@@ -159,7 +159,7 @@ def test_searchers_and_schedulers_run(tmp_path):
 
 def test_gpu_request_on_a_cluster_without_gpus_starts_nothing(tmp_path):
     (tmp_path / "gpu.yaml").write_text("name: g\nexperiment: approx\nmetric: {name: mse, mode: min}\nresources: {gpu: 0.25}\n")
-    proc = ratsweep(tmp_path, "run", "gpu.yaml", "--smoke", check=False, env={"CUDA_VISIBLE_DEVICES": ""})
+    proc = ratsweep(tmp_path, "run", "gpu.yaml", check=False, env={"CUDA_VISIBLE_DEVICES": ""})  # (--smoke would run it on CPU)
     assert proc.returncode == 2, proc.stderr
     assert "gpu.yaml: resources.gpu: expected 0 (this cluster has no GPU), got 0.25" in proc.stderr
     assert not (tmp_path / "mlruns.db").exists()
