@@ -110,14 +110,20 @@ def list_plugins(args: argparse.Namespace) -> int:
     for name, arch in registry.architectures().items():
         print(f"  {name:<16} ({arch.family}) {arch.description}  [{arch.source}]")
     print("datasets (ratsweep data NAME --dir DIR):")
-    for name, dataset in registry.datasets().items():
-        print(f"  {name:<16} {dataset.description}  [{dataset.source}]")
+    _print_datasets()
     print("search spaces:")
     for name, path in bundled().items():
         print(f"  {name:<16} {path}")
     for error in registry.load_errors:
         print(f"plugin failed to load: {error}")
     return 0
+
+
+def _print_datasets() -> None:
+    from ratsweep import registry
+
+    for name, dataset in registry.datasets().items():
+        print(f"  {name:<16} {dataset.description}  [{dataset.source}]")
 
 
 def data(args: argparse.Namespace) -> int:
@@ -127,8 +133,7 @@ def data(args: argparse.Namespace) -> int:
     from ratsweep import registry
 
     if args.name is None:
-        for name, dataset in registry.datasets().items():
-            print(f"  {name:<16} {dataset.description}  [{dataset.source}]")
+        _print_datasets()
         return 0
     from ratsweep.sweep.space import UserError
 
