@@ -6,6 +6,9 @@
     @register_architecture("vgg4", family="image_classifier")
     def vgg4(activation: Callable[[], nn.Module], **kwargs) -> nn.Module: ...
 
+Datasets an experiment reads are registered too (`register_dataset`), for `ratsweep data` and
+the check before a sweep starts.
+
 A third-party package registers its own in a module named by an entry point in the group
 `ratsweep.experiments` or `ratsweep.architectures` (the value is a module or an object in it;
 loading it runs the decorators). Lookups load ratsweep's own modules and every entry point once.
