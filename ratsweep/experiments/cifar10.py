@@ -150,6 +150,17 @@ def vgg8(activation: Callable[[], nn.Module], **kwargs) -> nn.Module:
     return vgg(((2, 64), (2, 128), (2, 256), (2, 512)), activation, **kwargs)
 
 
+def layer_output(model: nn.Module, layer: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """What `layer` outputs (as float) when `model` runs on `images`."""
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda module, args, out: seen.append(out.float()))
+    try:
+        model(images)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
 @torch.no_grad()
 def lsuv(model: nn.Module, images: torch.Tensor, target_var: float = 0.125, tol: float = 0.1, max_iters: int = 10) -> list[int]:
     """Layer-sequential unit-variance init, as in the paper's code: for each Conv/Linear in order,
@@ -159,23 +170,13 @@ def lsuv(model: nn.Module, images: torch.Tensor, target_var: float = 0.125, tol:
     rounds = []
     with evaluating(model):
         for layer in [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]:
-            seen: list[torch.Tensor] = []
-            handle = layer.register_forward_hook(lambda module, args, out: seen.append(out.float()))
-            try:
-                def output() -> torch.Tensor:
-                    seen.clear()
-                    model(images)
-                    return seen[0]
-
-                out, done = output(), 0
-                while done < max_iters and abs(out.var().item() - target_var) > tol:
-                    layer.weight.mul_(math.sqrt(target_var / out.var().item()))
-                    out, done = output(), done + 1
-                if layer.bias is not None:
-                    layer.bias.sub_(out.mean())
-                rounds.append(done)
-            finally:
-                handle.remove()
+            out, done = layer_output(model, layer, images), 0
+            while done < max_iters and abs(out.var().item() - target_var) > tol:
+                layer.weight.mul_(math.sqrt(target_var / out.var().item()))
+                out, done = layer_output(model, layer, images), done + 1
+            if layer.bias is not None:
+                layer.bias.sub_(out.mean())
+            rounds.append(done)
     return rounds
 
 
