@@ -154,7 +154,7 @@ def plot_rational_evolution(model: nn.Module, snapshots: Mapping[int, Mapping[st
     """One panel per Rational layer: its shape at each snapshot epoch ({epoch: rational_snapshot}),
     over a histogram of what the layer receives now (`inputs`, from capture_inputs), as in the
     paper's figure of the learned VGG8 activations across depth. None if the model has no Rational."""
-    from ..rational import reference  # noqa: PLC0415
+    from ..rational.plot import histogram_underlay, rational_curve  # noqa: PLC0415
 
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, Rational)]
     if not layers:
@@ -169,15 +169,9 @@ def plot_rational_evolution(model: nn.Module, snapshots: Mapping[int, Mapping[st
                 max(1.0, torch.quantile(seen[:100_000].double(), 0.995).item()))
             x = torch.linspace(lo, hi, 400, dtype=torch.float64)
             if seen is not None and seen.numel():
-                hist = ax.twinx()
-                hist.hist(seen[(seen >= lo) & (seen <= hi)].numpy(), bins=60, color="0.85", density=True)
-                hist.set_yticks([])
-                ax.set_zorder(1)
-                ax.patch.set_visible(False)
-            version = "B" if module.version == "D" else module.version
+                histogram_underlay(ax, seen[(seen >= lo) & (seen <= hi)], bins=60)
             for epoch, coefficients in sorted(snapshots.items()):
-                numerator, denominator = coefficients[name]
-                y = reference.forward(x, numerator.double(), denominator.double(), version)
+                y = rational_curve(x, *coefficients[name], module.version)
                 ax.plot(x.numpy(), y.numpy(), lw=1.2, label=f"epoch {epoch}")
             ax.set_title(name, fontsize=8)
         axes.flat[0].legend(fontsize=6, frameon=False)

@@ -38,6 +38,22 @@ def capture_inputs(model: nn.Module, max_samples: int = 100_000):
             h.remove()
 
 
+def rational_curve(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, version: str) -> torch.Tensor:
+    """F(x) in float64 on the CPU, for plotting; version D without its training noise (as B)."""
+    with torch.no_grad():
+        return reference.forward(x, numerator.double().cpu(), denominator.double().cpu(), "B" if version == "D" else version)
+
+
+def histogram_underlay(ax, values: torch.Tensor, bins: int) -> None:
+    """A grey density histogram of `values` behind what is drawn on `ax` (on its own hidden y-axis)."""
+    hist_ax = ax.twinx()
+    hist_ax.hist(values.numpy(), bins=bins, color="0.85", density=True)
+    hist_ax.set_yticks([])
+    hist_ax.set_zorder(0)
+    ax.set_zorder(1)
+    ax.patch.set_visible(False)
+
+
 def plot_rational(module: Rational, inputs: torch.Tensor | None = None, path: str | Path = "rational.png") -> Path:
     """Save a PNG of the module's F(x) over its init target, with a histogram of `inputs` if given.
 
@@ -57,18 +73,13 @@ def plot_rational(module: Rational, inputs: torch.Tensor | None = None, path: st
             lo = min(lo, torch.quantile(sample[:1_000_000], 0.001).item())
             hi = max(hi, torch.quantile(sample[:1_000_000], 0.999).item())
     x = torch.linspace(lo, hi, 1000, dtype=torch.float64)
+    learned = rational_curve(x, module.numerator, module.denominator, module.version)
     with torch.no_grad():
-        learned = reference.forward(x, module.numerator.double().cpu(), module.denominator.double().cpu(), "B" if module.version == "D" else module.version)
         target = module.init_target(x)
 
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
     if sample is not None and sample.numel():
-        hist_ax = ax.twinx()
-        hist_ax.hist(sample.clamp(lo, hi).numpy(), bins=80, color="0.85", density=True)
-        hist_ax.set_yticks([])
-        hist_ax.set_zorder(0)
-        ax.set_zorder(1)
-        ax.patch.set_visible(False)
+        histogram_underlay(ax, sample.clamp(lo, hi), bins=80)
     name = module.init if isinstance(module.init, str) else "init"
     ax.plot(x.numpy(), target.numpy(), "--", color="0.4", lw=1.2, label=f"{name} (init target)")
     ax.plot(x.numpy(), learned.numpy(), color="C3", lw=1.8, label=f"rational {module.degrees} {module.version}")
