@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Literal
 
@@ -28,8 +28,10 @@ from ..config import check
 from ..rational import capture_inputs
 from ..registry import architectures, create_model, register_architecture, register_dataset, register_experiment
 from .common import (
+    FIXED_ACTIVATIONS,
     Activation,
     DataError,
+    Rational,
     RationalConfig,
     Session,
     activation_factory,
@@ -57,6 +59,11 @@ CROP_PADDING = 4
 SMOKE_TRAIN_IMAGES, SMOKE_TEST_IMAGES = 512, 256
 EVAL_BATCH = 1000
 GROUPS = 16  # GroupNorm's target group count, reduced until it divides the channels
+LSUV_IMAGES = 64  # the first images of the first (augmented) training batch
+# The authors' script built these in place. Numerically the same in training, but their LSUV hooks
+# then saw the post-activation tensor as the conv's output (see lsuv), so cifar10 builds them alike.
+INPLACE_ACTIVATIONS = ("leaky_relu", "silu")
+ACTIVATION_MODULES = (*FIXED_ACTIVATIONS.values(), Rational)  # what LSUV measures after a layer
 
 
 @dataclass(frozen=True)
@@ -87,13 +94,13 @@ class Cifar10Config:
     recipe: Literal["baseline", "augmented"] = "baseline"  # the paper's two training pipelines (RECIPES)
     activation: Activation = "relu"  # after every conv
     rational: RationalConfig = rational_field()  # degrees/version/init/lr_mult, when activation is rational
-    lsuv: bool = False  # LSUV init (64 images, target variance 0.125) instead of PyTorch's default
+    lsuv: bool = False  # LSUV init as the authors ran it (see lsuv) instead of PyTorch's default
     norm: Literal["none", "group"] = "none"  # GroupNorm after each conv, before the activation
     epochs: int = 60
     batch_size: int = 128
     lr: float = 0.02  # SGD, Nesterov momentum 0.9
     seed: int = 0
-    amp: bool = True  # bf16 autocast on CUDA (CPU runs stay fp32)
+    amp: bool = False  # bf16 autocast on CUDA, a speed option; the paper ran fp32 (CPU runs stay fp32)
 
     def __post_init__(self):
         self.rational.default_lr_mult(RECIPES[self.recipe].rational_lr_mult)
@@ -105,6 +112,13 @@ class Cifar10Config:
 
 
 # ---- models -----------------------------------------------------------------------------------
+
+
+def cifar_activation(config: Cifar10Config) -> Callable[[], nn.Module]:
+    """The activation constructor, with LeakyReLU and SiLU in place as the authors built them."""
+    if config.activation in INPLACE_ACTIVATIONS:
+        return partial(FIXED_ACTIVATIONS[config.activation], inplace=True)
+    return activation_factory(config.activation, config.rational)
 
 
 def group_count(channels: int, target: int = GROUPS) -> int:
@@ -150,34 +164,59 @@ def vgg8(activation: Callable[[], nn.Module], **kwargs) -> nn.Module:
     return vgg(((2, 64), (2, 128), (2, 256), (2, 512)), activation, **kwargs)
 
 
-def layer_output(model: nn.Module, layer: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """What `layer` outputs (as float) when `model` runs on `images`."""
-    seen: list[torch.Tensor] = []
-    handle = layer.register_forward_hook(lambda module, args, out: seen.append(out.float()))
+def recorded(model: nn.Module, images: torch.Tensor, modules: list[nn.Module]) -> dict[nn.Module, torch.Tensor]:
+    """Each module's output when `model` runs on `images`, in execution order, as its forward hook
+    saw it: the tensor itself, not a copy, so an in-place activation after a conv overwrites the
+    conv's recorded output, as it did in the authors' hooks."""
+    outputs: dict[nn.Module, torch.Tensor] = {}
+    handles = [m.register_forward_hook(lambda module, args, out: outputs.__setitem__(module, out)) for m in modules]
     try:
         model(images)
     finally:
-        handle.remove()
-    return seen[0]
+        for handle in handles:
+            handle.remove()
+    return outputs
 
 
-@torch.no_grad()
-def lsuv(model: nn.Module, images: torch.Tensor, target_var: float = 0.125, tol: float = 0.1, max_iters: int = 10) -> list[int]:
-    """Layer-sequential unit-variance init, as in the paper's code: for each Conv/Linear in order,
-    scale its weights until its output variance on `images` is within `tol` of `target_var` (at
-    most `max_iters` rounds), then subtract the output's mean from its bias. Eval mode (no dropout),
-    no orthogonal pre-init. Returns the rounds each layer took."""
-    rounds = []
+def lsuv(model: nn.Module, images: torch.Tensor, target_var: float = 0.125, tol: float = 0.1, max_rounds: int = 10) -> list[int]:
+    """Layer-sequential unit-variance init as the authors' `lsuv_init` ran it (SPEC section 3; the
+    paper itself only names the toggle). Eval mode, fp32, no orthogonal pre-init. One recorded forward
+    gives the execution order of the Conv/Linear and activation modules; then for each Conv/Linear in
+    that order, up to `max_rounds` rounds of: a fresh forward; w_out = the layer's output, t = the
+    output of the next activation module (the Rational included) whose output has w_out's shape (w_out
+    itself if none, as for the classifier); if the layer has a bias and |mean(w_out)| > 1e-3, subtract
+    that mean from the bias (every round, before the test); stop if var(t) (population) is not finite,
+    <= 0, or within `tol` of `target_var` relatively; else scale the weight by sqrt(target / (var + 1e-6)).
+
+    With GroupNorm between conv and activation, t does not depend on the conv weight's scale, so the
+    test never passes: all rounds run and the conv weights shrink to about 1 % of their default norm.
+    That is what the paper's GN + LSUV cells were trained from, so it is kept, not fixed. In-place
+    activations (the authors' LeakyReLU and SiLU, see INPLACE_ACTIVATIONS) overwrite the recorded conv
+    output, so without GroupNorm their mean is the post-activation one, again as in the authors' runs.
+
+    Returns how many times each layer's weight was rescaled."""
+    kinds = (nn.Conv2d, nn.Linear, *ACTIVATION_MODULES)
+    rescaled = []
     with evaluating(model):
-        for layer in [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]:
-            out, done = layer_output(model, layer, images), 0
-            while done < max_iters and abs(out.var().item() - target_var) > tol:
-                layer.weight.mul_(math.sqrt(target_var / out.var().item()))
-                out, done = layer_output(model, layer, images), done + 1
-            if layer.bias is not None:
-                layer.bias.sub_(out.mean())
-            rounds.append(done)
-    return rounds
+        order = list(recorded(model, images, [m for m in model.modules() if isinstance(m, kinds)]))
+        for position, layer in enumerate(order):
+            if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+                continue
+            following = [m for m in order[position + 1:] if isinstance(m, ACTIVATION_MODULES)]
+            count = 0
+            for _ in range(max_rounds):
+                outputs = recorded(model, images, [layer, *following])
+                w_out = outputs[layer]
+                t = next((outputs[m] for m in following if outputs[m].shape == w_out.shape), w_out)
+                var, mean = t.float().var(unbiased=False).item(), w_out.float().mean().item()
+                if layer.bias is not None and abs(mean) > 1e-3:
+                    layer.bias.sub_(mean)
+                if not math.isfinite(var) or var <= 0 or abs(var - target_var) / target_var <= tol:
+                    break
+                layer.weight.mul_(math.sqrt(target_var / (var + 1e-6)))
+                count += 1
+            rescaled.append(count)
+    return rescaled
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -256,6 +295,16 @@ def flip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.view(-1, 1, 1, 1), images.flip(3), images)
 
 
+def train_images(images: torch.Tensor, batch: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, augment: bool,
+                 normalize: Normalize, memory_format: torch.memory_format) -> torch.Tensor:
+    """The training batch `batch` (indices) as the model sees it: cropped and flipped at the epoch
+    plan's draws when the recipe augments, normalized."""
+    x = images[batch]
+    if augment:
+        x = flip(random_crop(x, offsets[batch]), flips[batch])
+    return normalize(x).contiguous(memory_format=memory_format)
+
+
 def epoch_plan(n: int, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """An epoch's random choices, drawn at once from the data RNG (so a resumed run draws the
     same): image order, crop offsets, flip mask; moved to the device in one go each."""
@@ -301,13 +350,15 @@ def run(config: Cifar10Config, session: Session) -> dict[str, float]:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and config.amp)
 
     generator = seed_everything(config.seed)
-    model = create_model(config.model, activation_factory(config.activation, config.rational),
-                         num_classes=NUM_CLASSES, norm=config.norm, dropout=recipe.dropout)
+    model = create_model(config.model, cifar_activation(config), num_classes=NUM_CLASSES, norm=config.norm,
+                         dropout=recipe.dropout)
     model.to(device, memory_format=memory_format)
     session.log_params(num_params=num_params(model))
     if config.lsuv and session.restored is None:
-        sample = torch.randperm(len(train_y), generator=generator)[:64].to(device)
-        lsuv(model, normalize(train_x[sample]).contiguous(memory_format=memory_format))
+        # the authors' first batch of a fresh pass over the (augmented) training data, its first 64 images
+        order, offsets, flips = epoch_plan(len(train_y), generator, device)
+        first = order[:min(LSUV_IMAGES, config.batch_size)]
+        lsuv(model, train_images(train_x, first, offsets, flips, recipe.augment, normalize, memory_format))
     optimizer = torch.optim.SGD(
         rational_param_groups(model, config.lr, config.rational.lr_mult, recipe.weight_decay),
         lr=config.lr, momentum=MOMENTUM, nesterov=True,
@@ -339,10 +390,7 @@ def run(config: Cifar10Config, session: Session) -> dict[str, float]:
         for batch in order.split(config.batch_size):
             if mixup is not None and len(batch) % 2:  # mixup pairs each image with its mirror in the batch
                 batch = batch[:-1]
-            x, y = train_x[batch], train_y[batch]
-            if recipe.augment:
-                x = flip(random_crop(x, offsets[batch]), flips[batch])
-            x = normalize(x).contiguous(memory_format=memory_format)
+            x, y = train_images(train_x, batch, offsets, flips, recipe.augment, normalize, memory_format), train_y[batch]
             if mixup is not None:
                 x, soft = mixup(x, y)  # soft: mixed, smoothed one-hot targets
             with autocast():
