@@ -172,7 +172,8 @@ def best(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    """A paper-style table of a sweep from MLflow: mean ± std over seeds per group, best marked; plots."""
+    """A paper-style table of a sweep from MLflow: mean ± std over seeds per cell with finished, diverged,
+    failed and missing seeds counted, best and second best marked; the paper's numbers beside it; plots."""
     from pathlib import Path
 
     from ratsweep.sweep import results, tracking
@@ -180,10 +181,16 @@ def report(args: argparse.Namespace) -> int:
     sweep = results.load_sweep(tracking.tracking_uri(args.tracking_uri), args.name)
     layout = results.Layout.of(sweep)  # the search space's `report:` layout, if it has one
     if args.group_by or args.columns or args.best_of:  # a layout given here replaces it
-        layout = results.Layout(args.group_by or results.default_group_by(sweep), args.columns, args.best_of)
+        layout = results.Layout(args.group_by or results.default_group_by(sweep), args.columns, args.best_of,
+                                labels=layout.labels, paper=layout.paper)
         layout.rows = [k for k in layout.rows if k not in (args.columns, args.best_of)]
     layout.percent |= args.percent
-    print(results.table(sweep, layout, args.format), end="")
+    if args.paper is not None:
+        if args.format == "latex":
+            raise results.UserError("--paper: expected --format md or csv")
+        print(results.paper_comparison(sweep, layout, args.format, args.paper or None, args.failed_as), end="")
+    else:
+        print(results.table(sweep, layout, args.format, args.failed_as), end="")
     if args.plots:
         root = Path(args.plots)
         files = results.plots(sweep, layout, root)
@@ -258,6 +265,11 @@ def main(argv: list[str] | None = None) -> None:
             sub.add_argument("--columns", metavar="KEY", help="a column per value of this config key (e.g. norm)")
             sub.add_argument("--best-of", metavar="KEY", help="each cell the better of this key's settings (e.g. lsuv)")
             sub.add_argument("--percent", action="store_true", help="show 100 x the metric (accuracies)")
+            sub.add_argument("--failed-as", type=float, metavar="VALUE", help="the authors' convention: a diverged seed "
+                             "counts at its last value (the best before divergence), a failed or missing one as VALUE "
+                             "(in the metric's units: 0.1 is 10%% accuracy); default: counted, not averaged")
+            sub.add_argument("--paper", nargs="?", const="", metavar="TABLE", help="each cell beside the paper's number "
+                             "and the difference in standard errors (TABLE: the space's report.paper, or table1..table5)")
             sub.add_argument("--format", choices=["md", "latex", "csv"], default="md")
             sub.add_argument("--plots", metavar="DIR", help="also write learning curves and learned-activation plots here")
     sub = command(validate)

@@ -354,8 +354,13 @@ def test_smoke_sweep_lands_in_mlflow_and_reports_like_table_1(data_dir, tmp_path
         if activation == "rational":
             assert run.data.params["rational.lr_mult"] == "1.0" and "rational_evolution.png" in artifacts(client, run)
     report = ratsweep(tmp_path, "report", "cifar10_table1").stdout
-    rows = [line for line in report.splitlines() if line.startswith("| vgg")]
+    rows = [line for line in report.splitlines() if line.startswith("| VGG")]
     assert len(rows) == 10 and "x 100" in report and "best per model" in report
+    names = [line.split("|")[2].strip() for line in rows]  # the grid's order, the paper's names
+    assert names == ["GELU", "ReLU", "Swish", "LeakyReLU", "Rational"] * 2
+    assert all(" (1)" in line and "diverged" not in line for line in rows)  # one seed each, all finished
+    paper = ratsweep(tmp_path, "report", "cifar10_table1", "--paper").stdout
+    assert "Table 1" in paper and "| VGG8 | Rational | " in paper and "84.89 ± 0.19 (5)" in paper
 
 
 def test_missing_data_stops_the_sweep_before_it_starts(tmp_path):
@@ -370,6 +375,7 @@ def _run(config_: dict, value: float, seconds: float = 60.0) -> results.TrialRun
 
 
 def test_table_2_layout_takes_the_better_lsuv_setting_per_cell():
+    """A sweep stored without a plan (before plan.json existed): values sorted by name, counts from its runs."""
     runs = []
     for seed in range(2):
         for norm in ("none", "group"):
@@ -379,11 +385,11 @@ def test_table_2_layout_takes_the_better_lsuv_setting_per_cell():
     sweep = results.Sweep("t2", "cifar10", "best_test_acc", "max", runs, None, ["s"],
                           {"rows": ["model", "activation", "rational.init"], "columns": "norm", "best_of": "lsuv", "percent": True})
     md = results.table(sweep, results.Layout.of(sweep), "md")
-    assert "| model | activation | rational.init | norm=group | norm=none | n | minutes |" in md
+    assert "| model | activation | rational.init | norm=group | norm=none | minutes |" in md
     relu = next(line for line in md.splitlines() if "| relu |" in line)
-    assert "82.50 ± 0.71 (lsuv=True)" in relu and "80.50 ± 0.71 (lsuv=False)" in relu  # group: LSUV helps; none: it hurts
+    assert "*82.50 ± 0.71 (2) lsuv=True*" in relu and "*80.50 ± 0.71 (2) lsuv=False*" in relu  # group: LSUV helps; none: it hurts
     rational = next(line for line in md.splitlines() if "| rational |" in line)
-    assert "**87.00 ± 0.00 (lsuv=True)**" in rational and "**85.00 ± 0.00 (lsuv=False)**" in rational  # best per column
+    assert "**87.00 ± 0.00 (2) lsuv=True**" in rational and "**85.00 ± 0.00 (2) lsuv=False**" in rational  # best per column
     csv_rows = results.table(sweep, results.Layout.of(sweep), "csv").splitlines()
-    assert csv_rows[0] == "model,activation,rational.init,norm,lsuv,best_test_acc_mean,best_test_acc_std,n,minutes"
+    assert csv_rows[0] == "model,activation,rational.init,norm,lsuv,best_test_acc_mean,best_test_acc_std,n,diverged,failed,missing,mark,minutes"
     assert len(csv_rows) == 1 + 4

@@ -97,12 +97,13 @@ def test_report_tables_and_plots(smoke_sweep):
     md = ratsweep(cwd, "report", "e2e_approx", "--plots", "plots").stdout
     rows = [line for line in md.splitlines() if line.startswith("| ") and ("relu" in line or "rational" in line)]
     assert len(rows) == 2, md  # grouped by activation (degrees fixed), averaged over the two seeds
-    assert all("| 2 |" in row for row in rows) and sum("**" in row for row in rows) == 1
+    assert all(" (2)" in row for row in rows) and sum("**" in row for row in rows) == 1  # two seeds finished
+    assert sum("| *" in row and "| **" not in row for row in rows) == 1  # the other is second best (italics)
     assert "±" in md
     assert (cwd / "plots" / "learning_curves.png").stat().st_size > 5000
     assert list((cwd / "plots").glob("*rational*/rational_1.png"))
     csv_lines = ratsweep(cwd, "report", "e2e_approx", "--format", "csv", "--group-by", "activation").stdout.splitlines()
-    assert csv_lines[0] == "activation,max_abs_err_mean,max_abs_err_std,n,minutes" and len(csv_lines) == 3
+    assert csv_lines[0] == "activation,max_abs_err_mean,max_abs_err_std,n,diverged,failed,missing,mark,minutes" and len(csv_lines) == 3
     latex = ratsweep(cwd, "report", "e2e_approx", "--format", "latex").stdout
     assert latex.startswith(r"\begin{tabular}") and r"\textbf{" in latex
 
@@ -202,8 +203,12 @@ def test_plugin_package_is_discovered_and_swept(tmp_path):
             assert run.data.tags.get("ratsweep.retries") == "1"
         elif diverge:
             assert run.info.status == "FAILED" and failure.startswith("diverged: loss is nan at report 1")
+            # the value reported before the NaN stays the run's metric (the authors' convention counts it)
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "mse")] == [1] and run.data.metrics["mse"] < 1
         else:
             assert run.info.status == "FINISHED" and not failure and len(client.get_metric_history(run.info.run_id, "mse")) == 2
+    report = ratsweep(tmp_path, "report", "toy_sweep", env=env).stdout
+    assert report.count("fails to train (0, 1 diverged)") == 2 and report.count("- (0, 1 failed)") == 4  # not dropped
     [digits] = trial_runs(client, "toy_digits")[0]
     assert digits.info.status == "FINISHED" and digits.data.params["model"] == "digits_tiny"
 

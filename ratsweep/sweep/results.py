@@ -14,7 +14,8 @@ import os
 import shutil
 import statistics
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,9 @@ from mlflow.tracking import MlflowClient
 
 from .. import config as cfg
 from .. import registry
+from . import paper
 from .space import UserError
-from .tracking import TAG_KIND, TAG_PARENT, TAG_REPORT, client
+from .tracking import PLAN_FILE, TAG_KIND, TAG_PARENT, TAG_REPORT, client
 
 
 class NotFound(UserError):
@@ -40,6 +42,16 @@ class TrialRun:
     metrics: dict[str, float]  # latest value of each
     seconds: float | None
     sweep: str
+    failure: str = ""  # why it FAILED (the ratsweep.failure tag): "diverged: ..." for a NaN/inf loss
+
+    def outcome(self, metric: str) -> str:
+        """finished (with a finite metric), diverged, failed (an error, or finished without the
+        metric) or unfinished (running, killed, interrupted)."""
+        if self.failure.startswith("diverged"):
+            return "diverged"
+        if self.status == "FINISHED":
+            return "finished" if math.isfinite(self.metrics.get(metric, math.nan)) else "failed"
+        return "failed" if self.status == "FAILED" else "unfinished"
 
 
 @dataclass
@@ -52,6 +64,7 @@ class Sweep:
     client: MlflowClient
     sweep_run_ids: list[str]  # newest first
     report: dict[str, Any]  # the newest sweep run's report layout from its search space ({} if none)
+    plan: dict[str, Any] = field(default_factory=dict)  # the newest sweep run's tracking.sweep_plan ({} if none)
 
     def ranked(self) -> list[TrialRun]:
         """Finished trials with the metric, best first."""
@@ -96,12 +109,23 @@ def load_sweep(uri: str, name: str) -> Sweep:
                 metrics=dict(run.data.metrics),
                 seconds=(end - run.info.start_time) / 1000 if end and run.info.start_time else None,
                 sweep=run.data.tags.get(TAG_PARENT, ""),
+                failure=run.data.tags.get("ratsweep.failure", ""),
             )
         )
     sweeps.sort(key=lambda r: r.info.start_time, reverse=True)
     report = json.loads(sweeps[0].data.tags.get(TAG_REPORT, "{}")) if sweeps else {}
+    plan = _plan(mlflow_client, sweeps[0].info.run_id) if sweeps else {}
     return Sweep(name, tags.get("ratsweep.experiment", "?"), tags["ratsweep.metric"], tags["ratsweep.mode"], runs,
-                 mlflow_client, [r.info.run_id for r in sweeps], report)
+                 mlflow_client, [r.info.run_id for r in sweeps], report, plan)
+
+
+def _plan(mlflow_client: MlflowClient, run_id: str) -> dict[str, Any]:
+    """A sweep run's plan.json ({} for sweeps from before it was written)."""
+    if PLAN_FILE not in {a.path for a in mlflow_client.list_artifacts(run_id)}:
+        return {}
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(mlflow_client.download_artifacts(run_id, PLAN_FILE, tmp)).read_text())
 
 
 def _all_runs(mlflow_client: MlflowClient, experiment_id: str):
@@ -137,20 +161,56 @@ def best_as_space(sweep: Sweep, entries: list[dict[str, Any]]) -> str:
 
 # ---- report -----------------------------------------------------------------------------------
 
+OUTCOMES = ("diverged", "failed", "missing")  # shown after the finished count when there are any
+
 
 @dataclass
 class Group:
+    """The runs of one setting of the layout's keys, and how many trials the sweep planned for it.
+
+    `values` are the finished runs' metrics. With `failed_as` (the authors' convention), a diverged run
+    adds the last value it reported (a best_* metric: the best before divergence; `failed_as` if it
+    reported none), and every failed or missing trial adds `failed_as`."""
+
     key: tuple
-    runs: list[TrialRun]
-    values: list[float]
+    metric: str
+    failed_as: float | None = None
+    runs: list[TrialRun] = field(default_factory=list)
+    planned: int = 0
+
+    def count(self, outcome: str) -> int:
+        if outcome == "missing":  # planned but without a result: never started, interrupted, still running
+            ended = sum(self.count(o) for o in ("finished", "diverged", "failed"))
+            return max(self.planned - ended, self.count("unfinished"))
+        return sum(r.outcome(self.metric) == outcome for r in self.runs)
+
+    @property
+    def finished(self) -> list[TrialRun]:
+        return [r for r in self.runs if r.outcome(self.metric) == "finished"]
+
+    @property
+    def values(self) -> list[float]:
+        values = [r.metrics[self.metric] for r in self.finished]
+        if self.failed_as is None:
+            return values
+        for run in self.runs:
+            if run.outcome(self.metric) == "diverged":
+                last = run.metrics.get(self.metric, math.nan)
+                values.append(last if math.isfinite(last) else self.failed_as)
+        return values + [self.failed_as] * (self.count("failed") + self.count("missing"))
 
     @property
     def mean(self) -> float:
-        return statistics.fmean(self.values)
+        return statistics.fmean(self.values) if self.values else math.nan
 
     @property
     def std(self) -> float:
         return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    def counts(self) -> str:
+        """"5", "4, 1 diverged", "3, 1 failed, 1 missing": finished runs, then the others."""
+        others = [f"{self.count(o)} {o}" for o in OUTCOMES if self.count(o)]
+        return ", ".join([str(len(self.finished)), *others])
 
 
 def default_group_by(sweep: Sweep) -> list[str]:
@@ -164,14 +224,34 @@ def default_group_by(sweep: Sweep) -> list[str]:
     return [k for k in keys if k != "seed" and len(distinct(k)) > 1]
 
 
-def groups(sweep: Sweep, group_by: list[str]) -> list[Group]:
+def _position(sweep: Sweep) -> Callable[[str, str], tuple]:
+    """Sort key of a shown value of a config key: "-" (does not apply) first, then the order the search
+    space lists the values in (its plan), then anything else by name."""
+    order = {key: [_show(v) for v in values] for key, values in sweep.plan.get("order", {}).items()}
+
+    def position(key: str, shown: str) -> tuple:
+        listed = order.get(key, [])
+        if shown == "-":
+            return (0, 0, "")
+        return (1, listed.index(shown), "") if shown in listed else (2, 0, shown)
+
+    return position
+
+
+def groups(sweep: Sweep, group_by: list[str], failed_as: float | None = None) -> list[Group]:
+    """Every run, and every trial the sweep planned, by its values of `group_by`, in the space's order."""
     out: dict[tuple, Group] = {}
-    for run in sweep.ranked():
-        key = tuple(_show(run.config.get(k, "-")) for k in group_by)
-        group = out.setdefault(key, Group(key, [], []))
-        group.runs.append(run)
-        group.values.append(run.metrics[sweep.metric])
-    return sorted(out.values(), key=lambda g: g.key)
+
+    def group(config: dict[str, Any]) -> Group:
+        key = tuple(_show(config.get(k, "-")) for k in group_by)
+        return out.setdefault(key, Group(key, sweep.metric, failed_as))
+
+    for run in sweep.runs:
+        group(run.config).runs.append(run)
+    for trial in sweep.plan.get("trials") or []:
+        group(trial).planned += 1
+    position = _position(sweep)
+    return sorted(out.values(), key=lambda g: [position(k, v) for k, v in zip(group_by, g.key)])
 
 
 def _show(value) -> str:
@@ -187,20 +267,46 @@ class Layout:
     """How `report` arranges the groups: a row per combination of `rows`' values; with `columns`,
     one column per value of that key; with `best_of`, each cell the better of that key's settings
     (by mean, as the paper's Table 2 takes the better of LSUV on/off); `percent` shows 100 x metric;
-    `curve` is the metric the learning-curve plots show (default: the sweep's)."""
+    `curve` is the metric the learning-curve plots show (default: the sweep's); `labels` maps shown
+    values (or "a | b" runs of consecutive row values, or "column=value") to the paper's names;
+    `paper` names the paper's table of this sweep (paper_tables.yaml)."""
 
     rows: list[str]
     columns: str | None = None
     best_of: str | None = None
     percent: bool = False
     curve: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    paper: str | None = None
 
     @classmethod
     def of(cls, sweep: Sweep) -> Layout:
         """The sweep's own layout (its search space's `report:`), else a row per varying key."""
         report = sweep.report
         return cls(list(report.get("rows") or default_group_by(sweep)), report.get("columns"), report.get("best_of"),
-                   bool(report.get("percent", False)), report.get("curve"))
+                   bool(report.get("percent", False)), report.get("curve"), dict(report.get("labels") or {}), report.get("paper"))
+
+    def row_labels(self, row: tuple) -> list[str]:
+        """The row's values as shown: the longest run of consecutive values that has a label becomes
+        that label (in the run's first column, the others blank)."""
+        shown, i = [], 0
+        while i < len(row):
+            for j in range(len(row), i, -1):
+                label = self.labels.get(" | ".join(row[i:j]))
+                if label is not None:
+                    shown += [label] + [""] * (j - i - 1)
+                    i = j
+                    break
+            else:
+                shown.append(row[i])
+                i += 1
+        return shown
+
+    def column_label(self, column: str) -> str:
+        if not self.columns:
+            return column
+        qualified = f"{self.columns}={column}"
+        return self.labels.get(qualified, self.labels.get(column, qualified))
 
 
 @dataclass
@@ -211,18 +317,27 @@ class Cell:
     chosen: str | None  # the best_of setting this cell shows
 
 
-def cells(sweep: Sweep, layout: Layout) -> list[Cell]:
+def _better(a: Group, b: Group, mode: str) -> bool:
+    """Whether a has a strictly better mean than b (a group without values is never better)."""
+    if not a.values:
+        return False
+    return not b.values or (a.mean > b.mean if mode == "max" else a.mean < b.mean)
+
+
+def cells(sweep: Sweep, layout: Layout, failed_as: float | None = None) -> list[Cell]:
+    """One cell per (row, column) in the space's order; with best_of, the setting with the better mean."""
     keys = [*layout.rows, *(k for k in (layout.columns, layout.best_of) if k)]
-    pick = max if sweep.mode == "max" else min
     out: dict[tuple, Cell] = {}
-    for g in groups(sweep, keys):
+    for g in groups(sweep, keys, failed_as):
         row, rest = g.key[:len(layout.rows)], g.key[len(layout.rows):]
         column = rest[0] if layout.columns else ""
         chosen = rest[-1] if layout.best_of else None
         current = out.get((row, column))
-        if current is None or pick(g.mean, current.group.mean) != current.group.mean:
+        if current is None or _better(g, current.group, sweep.mode):
             out[(row, column)] = Cell(row, column, g, chosen)
-    return list(out.values())
+    position = _position(sweep)
+    key_of = lambda c: ([position(k, v) for k, v in zip(layout.rows, c.row)], position(layout.columns or "", c.column))  # noqa: E731
+    return sorted(out.values(), key=key_of)
 
 
 def _block(layout: Layout, row: tuple) -> tuple:
@@ -230,67 +345,112 @@ def _block(layout: Layout, row: tuple) -> tuple:
     return row[:1] if len(layout.rows) > 1 else ()
 
 
-def table(sweep: Sweep, layout: Layout, fmt: str) -> str:
-    """mean ± std of the metric per cell over its runs (seeds), with n and mean minutes per row. The
-    best is marked per column within each block of rows sharing the first row key's value (per
-    model, the best activation, as the paper marks it)."""
-    found = cells(sweep, layout)
+def marks(found: list[Cell], layout: Layout, mode: str) -> dict[tuple, str]:
+    """{(row, column): "best" | "second"} per column within each block of rows (per model, as the
+    paper marks them); equal means share a mark."""
+    means: dict[tuple, set[float]] = {}
+    for c in found:
+        if c.group.values:
+            means.setdefault((_block(layout, c.row), c.column), set()).add(c.group.mean)
+    ranked = {block: sorted(values, reverse=mode == "max") for block, values in means.items()}
+    out = {}
+    for c in found:
+        top = ranked.get((_block(layout, c.row), c.column), [])
+        if c.group.values and c.group.mean in top[:2]:
+            out[(c.row, c.column)] = "best" if c.group.mean == top[0] else "second"
+    return out
+
+
+def _format(layout: Layout) -> tuple[float, Callable[[float], str], Callable[[float], str]]:
+    """(scale, mean format, std format): percent as 12.34, otherwise 4 significant digits."""
+    if layout.percent:
+        return 100.0, lambda x: f"{100 * x:.2f}", lambda x: f"{100 * x:.2f}"
+    return 1.0, lambda x: f"{x:.4g}", lambda x: f"{x:.2g}"
+
+
+def cell_text(c: Cell, layout: Layout) -> str:
+    """"90.62 ± 0.21 (5)", "88.10 ± 0.40 (4, 1 diverged)", "57.26 (1)", "fails to train (0, 5 diverged)",
+    "- (0, 5 missing)"."""
+    _, mean, std = _format(layout)
+    g = c.group
+    body = f"{mean(g.mean)} ± {std(g.std)}" if len(g.values) > 1 else mean(g.mean) if g.values else \
+        "fails to train" if g.count("diverged") else "-"
+    text = f"{body} ({g.counts()})"
+    return f"{text} {layout.best_of}={c.chosen}" if layout.best_of else text
+
+
+def _minutes(cs: list[Cell]) -> str:
+    seconds = [r.seconds for c in cs for r in c.group.finished if r.seconds is not None]
+    return f"{statistics.fmean(seconds) / 60:.2f}" if seconds else "-"
+
+
+def _minutes_note(sweep: Sweep) -> str:
+    resources = sweep.plan.get("resources")
+    note = "minutes: mean wall time of a finished trial"
+    if not resources:
+        return note
+    gpu = resources.get("gpu", 0)
+    share = f" (up to {int(1 / gpu)} trials per GPU)" if 0 < gpu < 1 else ""
+    return f"{note}; each trial asked for {resources.get('cpu', 1):g} CPU and {gpu:g} GPU{share}"
+
+
+def _failed_as_note(layout: Layout, failed_as: float | None) -> str:
+    if failed_as is None:
+        return "diverged, failed and missing seeds are counted, not averaged"
+    return (f"with --failed-as {failed_as:g}: a diverged seed counts at its last value (the best before divergence), "
+            f"a failed or missing seed as {_format(layout)[1](failed_as)}")
+
+
+def table(sweep: Sweep, layout: Layout, fmt: str, failed_as: float | None = None) -> str:
+    """mean ± std of the metric per cell over its seeds, with how many finished, diverged, failed or
+    are missing, and the mean minutes per row; rows and columns in the search space's order, the best
+    and second best marked per column within each block of rows sharing the first row key's value
+    (per model, as the paper marks them)."""
+    found = cells(sweep, layout, failed_as)
     if not found:
-        raise NotFound(f"{sweep.name}: no finished trial has a {sweep.metric!r} metric yet")
-    scale = 100 if layout.percent else 1
-    digits = ".2f" if layout.percent else ".4g"
-
-    def value(c: Cell) -> str:
-        text = f"{scale * c.group.mean:{digits}} ± {scale * c.group.std:{'.2f' if layout.percent else '.2g'}}"
-        return f"{text} ({layout.best_of}={c.chosen})" if layout.best_of else text
-
-    def minutes(cs: list[Cell]) -> str:
-        seconds = [r.seconds for c in cs for r in c.group.runs if r.seconds is not None]
-        return f"{statistics.fmean(seconds) / 60:.2f}" if seconds else "-"
-
+        raise NotFound(f"{sweep.name}: no trial has run yet")
+    marked = marks(found, layout, sweep.mode)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out)
         extra = [k for k in (layout.columns, layout.best_of) if k]
-        writer.writerow([*layout.rows, *extra, f"{sweep.metric}_mean", f"{sweep.metric}_std", "n", "minutes"])
-        for c in sorted(found, key=lambda c: (c.row, c.column)):
+        writer.writerow([*layout.rows, *extra, f"{sweep.metric}_mean", f"{sweep.metric}_std", "n", *OUTCOMES, "mark", "minutes"])
+        for c in found:
+            g = c.group
             chosen = [c.column] * bool(layout.columns) + [c.chosen] * bool(layout.best_of)
-            writer.writerow([*c.row, *chosen, c.group.mean, c.group.std, len(c.group.values), minutes([c])])
+            stats = [g.mean, g.std] if g.values else ["", ""]
+            writer.writerow([*c.row, *chosen, *stats, len(g.finished), *(g.count(o) for o in OUTCOMES),
+                             marked.get((c.row, c.column), ""), _minutes([c])])
         return out.getvalue()
 
-    pick = max if sweep.mode == "max" else min
-    best: dict[tuple, float] = {}
-    for c in found:
-        block = (_block(layout, c.row), c.column)
-        best[block] = pick(best.get(block, c.group.mean), c.group.mean)
-    columns = sorted({c.column for c in found})
+    columns = list(dict.fromkeys(c.column for c in found))
     by_row: dict[tuple, dict[str, Cell]] = {}
     for c in found:
         by_row.setdefault(c.row, {})[c.column] = c
-    header = [*layout.rows, *([f"{layout.columns}={v}" for v in columns] if layout.columns else [sweep.metric]), "n", "minutes"]
+    header = [*layout.rows, *([layout.column_label(v) for v in columns] if layout.columns else [sweep.metric]), "minutes"]
     body = []
-    for row in sorted(by_row):
-        row_cells = by_row[row]
-        counts = sorted({len(c.group.values) for c in row_cells.values()})
-        texts = []
-        for column in columns:
-            c = row_cells.get(column)
-            texts.append(("-", False) if c is None else (value(c), c.group.mean == best[(_block(layout, row), column)]))
-        body.append([*row, *texts, "/".join(map(str, counts)), minutes(list(row_cells.values()))])
+    for row, row_cells in by_row.items():
+        texts = [("-", "") if column not in row_cells else (cell_text(row_cells[column], layout), marked.get((row, column), ""))
+                 for column in columns]
+        body.append([*layout.row_labels(row), *texts, _minutes(list(row_cells.values()))])
 
     if fmt == "latex":
-        lines = [r"\begin{tabular}{" + "l" * len(layout.rows) + "r" * (len(columns) + 2) + "}", r"\toprule",
+        style = {"best": r"\textbf{%s}", "second": r"\underline{%s}", "": "%s"}
+        lines = [r"\begin{tabular}{" + "l" * len(layout.rows) + "r" * (len(columns) + 1) + "}", r"\toprule",
                  " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
         for cells_ in body:
-            rendered = [_tex(x) if isinstance(x, str) else (r"\textbf{" + _tex(x[0]) + "}" if x[1] else _tex(x[0])) for x in cells_]
+            rendered = [_tex(x) if isinstance(x, str) else style[x[1]] % _tex(x[0]) for x in cells_]
             lines.append(" & ".join(rendered).replace("±", r"$\pm$") + r" \\")
         return "\n".join([*lines, r"\bottomrule", r"\end{tabular}"]) + "\n"
+    style = {"best": "**%s**", "second": "*%s*", "": "%s"}
     scope = f" per {layout.rows[0]}" if len(layout.rows) > 1 else ""
     unit = " x 100" if layout.percent else ""
-    lines = [f"{sweep.name}: {sweep.metric}{unit} ({sweep.mode}), mean ± std over runs; best{scope} in bold", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(layout.rows) + "---:|" * (len(columns) + 2)]
+    lines = [f"{sweep.name}: {sweep.metric}{unit} ({sweep.mode}), mean ± std over seeds (finished, then diverged, "
+             f"failed, missing); best{scope} in bold, second best in italics",
+             f"{_failed_as_note(layout, failed_as)}; {_minutes_note(sweep)}", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(layout.rows) + "---:|" * (len(columns) + 1)]
     for cells_ in body:
-        rendered = [x if isinstance(x, str) else (f"**{x[0]}**" if x[1] else x[0]) for x in cells_]
+        rendered = [x if isinstance(x, str) else style[x[1]] % x[0] for x in cells_]
         lines.append("| " + " | ".join(rendered) + " |")
     return "\n".join(lines) + "\n"
 
@@ -299,34 +459,108 @@ def _tex(text: str) -> str:
     return str(text).replace("_", r"\_").replace("%", r"\%")
 
 
+def paper_comparison(sweep: Sweep, layout: Layout, fmt: str, table_name: str | None, failed_as: float | None = None) -> str:
+    """Each cell beside the paper's published number (paper_tables.yaml), with the difference and
+    z = difference / its standard error, sqrt(s^2/n + s_paper^2/n_paper) (the paper's population stds
+    turned into sample ones; where one side is a single run, the other side's std stands in for its
+    spread). Cells the paper has no number for, and published cells this sweep lacks, are named."""
+    name = table_name or layout.paper
+    if not name:
+        raise UserError(f"--paper: {sweep.name}'s search space names no paper table (report.paper); "
+                        f"give one: --paper {' | '.join(paper.tables())}")
+    try:
+        published = paper.get(name)
+    except KeyError as e:
+        raise UserError(f"--paper: {e.args[0]}") from None
+    if published.metric != sweep.metric:
+        raise UserError(f"--paper: {name} publishes {published.metric}, but {sweep.name}'s metric is {sweep.metric}")
+    scale = published.scale
+    paper_std = {"sample": 1.0, "none": math.nan}.get(published.std, math.sqrt(published.runs / max(published.runs - 1, 1)))
+    keys = [*layout.rows, *([layout.columns] if layout.columns else [])]
+    found = cells(sweep, layout, failed_as)
+    used: set[int] = set()
+    rows = []
+    for c in found:
+        values = dict(zip(keys, (*c.row, c.column)))
+        match = next((i for i, e in enumerate(published.cells)
+                      if all(values.get(k) == _show(v) for k, v in published.where(e).items())), None)
+        entry = None if match is None else published.cells[match]
+        used.add(match)
+        g = c.group
+        ours = cell_text(c, layout)
+        if entry is None:
+            rows.append((c, ours, "no paper number", "", "", None))
+            continue
+        if entry.get("failed"):
+            rows.append((c, ours, "fails to train", "", "", entry))
+            continue
+        p_std = entry.get("std", math.nan) * paper_std
+        text = f"{entry['mean']:.2f}" + (f" ± {entry['std']:.2f}" if "std" in entry else "") + f" ({published.runs})"
+        if not g.values:
+            rows.append((c, ours, text, "", "", entry))
+            continue
+        diff = scale * g.mean - entry["mean"]
+        n, s = len(g.values), scale * g.std if len(g.values) > 1 else math.nan
+        s = p_std if math.isnan(s) else s
+        p_std = s if math.isnan(p_std) else p_std
+        se = math.sqrt(s**2 / n + p_std**2 / published.runs) if not math.isnan(s) else math.nan
+        z = f"{diff / se:+.1f}" if se > 0 else "n/a"
+        rows.append((c, ours, text, f"{diff:+.2f}", z, entry))
+    unmatched = [e for i, e in enumerate(published.cells) if i not in used]
+
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow([*keys, "ours", "paper", "difference", "z"])
+        for c, ours, text, diff, z, _ in rows:
+            writer.writerow([*c.row, *([c.column] if layout.columns else []), ours, text, diff, z])
+        return out.getvalue()
+    header = [*keys, f"ours ({sweep.metric}{' x 100' if layout.percent else ''})", "paper", "ours - paper", "z"]
+    lines = [f"{sweep.name} against the paper's {published.title}",
+             f"paper: {published.note}; z = (ours - paper) / standard error of the difference",
+             f"{_failed_as_note(layout, failed_as)}", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(keys) + "---:|" * 4]
+    for c, ours, text, diff, z, _ in rows:
+        shown = [*layout.row_labels(c.row), *([layout.column_label(c.column)] if layout.columns else [])]
+        lines.append("| " + " | ".join([*shown, ours, text, diff, z]) + " |")
+    if unmatched:
+        lines += ["", f"published but not in this sweep's table ({len(unmatched)}): "
+                  + "; ".join(", ".join(f"{k}={v}" for k, v in published.where(e).items()) for e in unmatched)]
+    return "\n".join(lines) + "\n"
+
+
 def plots(sweep: Sweep, layout: Layout, directory: Path) -> list[Path]:
-    """learning_curves.png: the curve metric per report, mean ± std over each cell's runs, one panel
-    per (first row key's value, column), one line per the other row values; and each cell's best
+    """learning_curves.png: the curve metric per report, mean ± std over each cell's finished runs, one
+    panel per (first row key's value, column), one line per the other row values; and each cell's best
     run's plots (learned rationals, fits), copied from its MLflow artifacts."""
     from matplotlib.figure import Figure  # noqa: PLC0415
 
     directory.mkdir(parents=True, exist_ok=True)
     metric = layout.curve or sweep.metric
-    found = cells(sweep, layout)
-    panels = sorted({(_block(layout, c.row), c.column) for c in found})
+    found = [c for c in cells(sweep, layout) if c.group.finished]
+    if not found:
+        return []
+    panels = list(dict.fromkeys((_block(layout, c.row), c.column) for c in found))
     ncols = len({column for _, column in panels})
     nrows = math.ceil(len(panels) / ncols)
     figure = Figure(figsize=(5 * ncols, 3.4 * nrows), dpi=120)
     axes = figure.subplots(nrows, ncols, squeeze=False).flat
     written = []
     for ax, panel in zip(axes, panels):
-        for c in sorted((c for c in found if (_block(layout, c.row), c.column) == panel), key=lambda c: c.row):
-            curves = [[m.value for m in sorted(sweep.client.get_metric_history(r.run_id, metric), key=lambda m: m.step)] for r in c.group.runs]
+        for c in (c for c in found if (_block(layout, c.row), c.column) == panel):
+            finished = c.group.finished
+            curves = [[m.value for m in sorted(sweep.client.get_metric_history(r.run_id, metric), key=lambda m: m.step)] for r in finished]
             length = min(len(curve) for curve in curves)
             if length:
                 steps = range(1, length + 1)
                 mean = [statistics.fmean(curve[i] for curve in curves) for i in range(length)]
                 std = [statistics.pstdev([curve[i] for curve in curves]) for i in range(length)]
-                label = ", ".join(c.row[len(panel[0]):]) or "all"
+                label = " ".join(x for x in layout.row_labels(c.row)[len(panel[0]):] if x) or "all"
                 ax.plot(steps, mean, "o-", ms=2, label=label)
                 ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
-            written += _copy_artifacts(sweep.client, c.group.runs[0].run_id, directory / _slug((*c.row, c.column)))
-        title = ", ".join([*panel[0], *([f"{layout.columns}={panel[1]}"] if layout.columns else [])])
+            best_run = (max if sweep.mode == "max" else min)(finished, key=lambda r: r.metrics[sweep.metric])
+            written += _copy_artifacts(sweep.client, best_run.run_id, directory / _slug((*c.row, c.column)))
+        title = ", ".join([*layout.row_labels(panel[0]), *([layout.column_label(panel[1])] if layout.columns else [])])
         ax.set_title(f"{sweep.name}: {title}" if title else sweep.name, fontsize=9)
         ax.set_xlabel("report (epoch / step block)")
         ax.set_ylabel(metric)

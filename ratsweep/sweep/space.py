@@ -30,7 +30,7 @@ TOP_LEVEL = (
     "version", "name", "experiment", "metric", "num_samples", "resources", "scheduler", "search_alg",
     "max_failures", "config", "search_space", "report",
 )
-REPORT_KEYS = ("rows", "columns", "best_of", "percent", "curve")
+REPORT_KEYS = ("rows", "columns", "best_of", "percent", "curve", "labels", "paper")
 
 
 class UserError(ValueError):
@@ -248,7 +248,7 @@ def _parse(path: Path, doc, overrides: dict[str, Any]) -> Space:
         else:
             space.search_space[key] = domain
     space.config = fixed
-    space.report = _report(path, experiment, doc.get("report") or {})
+    space.report = _report(path, experiment, space.metric, doc.get("report") or {})
     if space.scheduler["type"] == "pbt":
         if space.search_alg["type"] not in ("random", "grid"):
             _fail(path, "search_alg.type", f"expected random or grid with the pbt scheduler (it picks configs itself), got {space.search_alg['type']!r}")
@@ -309,8 +309,9 @@ def _search_alg(path, raw) -> dict[str, Any]:
     return dict(raw)
 
 
-def _report(path, experiment, raw) -> dict[str, Any]:
-    """report: {rows: [keys], columns: key, best_of: key, percent: bool, curve: metric}."""
+def _report(path, experiment, metric: str, raw) -> dict[str, Any]:
+    """report: {rows: [keys], columns: key, best_of: key, percent: bool, curve: metric, labels: {shown:
+    label}, paper: table}."""
     raw, cls = _mapping(path, "report", raw), experiment.config
     for key, value in raw.items():
         if key not in REPORT_KEYS:
@@ -336,7 +337,40 @@ def _report(path, experiment, raw) -> dict[str, Any]:
         _fail(path, "report.curve", f"expected one of {', '.join(experiment.metrics)} (what {experiment.name} reports), got {curve!r}")
     if not isinstance(raw.get("percent", False), bool):
         _fail(path, "report.percent", f"expected true or false, got {raw['percent']!r}")
-    return dict(raw)
+    out = dict(raw)
+    if "labels" in raw:
+        out["labels"] = _labels(path, raw["labels"])
+    if "paper" in raw:
+        _paper(path, experiment, metric, raw["paper"])
+    return out
+
+
+def _labels(path, raw) -> dict[str, str]:
+    """report.labels: {value or 'value | value' of consecutive row keys: label}; keys as report shows
+    values (true -> 'True')."""
+    scalar = (str, int, float, bool)
+    if not isinstance(raw, dict) or not all(isinstance(k, scalar) and isinstance(v, scalar) for k, v in raw.items()):
+        _fail(path, "report.labels", f"expected a mapping of shown values to labels (e.g. {{silu: Swish}}), got {raw!r}")
+    return {str(k): str(v) for k, v in raw.items()}
+
+
+def _paper(path, experiment, metric: str, name) -> None:
+    """report.paper: a table of paper_tables.yaml that publishes this experiment's numbers."""
+    from . import paper  # noqa: PLC0415
+
+    try:
+        table = paper.get(str(name))
+    except KeyError as e:
+        _fail(path, "report.paper", e.args[0])
+    if table.experiment != experiment.name:
+        _fail(path, "report.paper", f"{name} publishes {table.experiment} results, not {experiment.name}'s")
+    if table.metric != metric:
+        _fail(path, "report.paper", f"{name} publishes {table.metric}, not this sweep's metric {metric}")
+    known = cfg.keys(experiment.config)
+    for entry in table.cells:
+        for key in table.where(entry):
+            if key not in known:
+                _fail(path, "report.paper", f"{name} identifies cells by {key!r}, which is not a key of {experiment.name}")
 
 
 def _domain(path, cls, key: str, raw) -> Domain | None:

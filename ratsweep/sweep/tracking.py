@@ -28,6 +28,7 @@ from .trainable import ARTIFACTS, RESULT_KEY
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 TAG_KIND, TAG_TRIAL, TAG_PARENT, TAG_SWEEP = "ratsweep.kind", "ratsweep.trial_id", "mlflow.parentRunId", "ratsweep.sweep"
 TAG_REPORT = "ratsweep.report"  # on a sweep run: its search space's report layout (JSON)
+PLAN_FILE = "plan.json"  # on a sweep run: what it set out to run (sweep_plan), for `report`
 # Bookkeeping Tune adds to every result: not metrics of the experiment.
 _TUNE_KEYS = {
     "training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
@@ -92,8 +93,21 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def sweep_plan(space: Space) -> dict[str, Any]:
+    """What a sweep sets out to run, so `report` can keep the space's order and count what is missing:
+    each key's values in the order the space lists them (fixed ones too), every distinct trial's
+    full config (random/grid search; None for model-based searchers, which decide as they go) and
+    the resources per trial."""
+    order = {key: [value] for key, value in space.config.items()}
+    order |= {key: list(domain.values) for key, domain in space.search_space.items() if domain.kind in ("grid", "choice")}
+    trials = None
+    if space.search_alg["type"] in ("random", "grid"):
+        trials = [cfg.flatten(space.build_config(trial)) for trial in space.trials()]
+    return {"order": order, "trials": trials, "resources": space.resources}
+
+
 def start_sweep_run(mlflow_client: MlflowClient, experiment_id: str, space: Space, sweep_id: str, smoke: bool) -> str:
-    """The parent run of one `ratsweep run` invocation, with the search space attached."""
+    """The parent run of one `ratsweep run` invocation, with the search space and its plan attached."""
     import ratsweep  # noqa: PLC0415
 
     tags = {
@@ -112,6 +126,9 @@ def start_sweep_run(mlflow_client: MlflowClient, experiment_id: str, space: Spac
 
         path.write_text(yaml.safe_dump(space.document, sort_keys=False))
         mlflow_client.log_artifact(run.info.run_id, str(path))
+        plan = Path(tmp) / PLAN_FILE
+        plan.write_text(json.dumps(sweep_plan(space)))
+        mlflow_client.log_artifact(run.info.run_id, str(plan))
     return run.info.run_id
 
 
@@ -195,6 +212,8 @@ class MlflowTracking(Callback):
         if params:  # a retried trial reports them again: log only the new ones
             logged = self.client.get_run(run_id).data.params
             params = [p for p in params if p.key not in logged]
+        # NaN (a diverged trial's last report) is not logged, so the run keeps the last finite value: for a
+        # best_* metric the best before divergence, which `report --failed-as` counts as the authors did.
         self.client.log_batch(run_id, metrics=[m for m in metrics if not math.isnan(m.value)], params=params, tags=tags)
 
     def on_trial_complete(self, iteration, trials, trial, **info):

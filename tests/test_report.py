@@ -1,0 +1,210 @@
+"""`ratsweep report` on a stored mock sweep: trial runs written straight into an MLflow store the way
+the sweep's tracking callback writes them (no Ray), then read back as the paper lays its tables out."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import textwrap
+
+import pytest
+from mlflow.entities import Metric, Param
+
+from ratsweep import cli
+from ratsweep import config as cfg
+from ratsweep.sweep import paper, results, tracking
+from ratsweep.sweep.space import UserError, load
+
+SPACE = """\
+name: mock_table2
+experiment: cifar10
+metric: {name: best_test_acc, mode: max}
+resources: {cpu: 1, gpu: 0.25}
+config: {recipe: augmented, model: vgg4, amp: false}
+search_space:
+  activation: {grid: [relu, gelu, rational]}      # listed out of alphabetical order on purpose
+  rational.init: {grid: [leaky_relu, gelu]}
+  norm: {grid: [none, group]}
+  lsuv: {grid: [false, true]}
+  seed: {grid: [0, 1, 2]}
+report:
+  rows: [model, activation, rational.init]
+  columns: norm
+  best_of: lsuv
+  percent: true
+  labels: {relu: ReLU, gelu: GELU, "rational | leaky_relu": Rational 1, "rational | gelu": Rational 2, "norm=none": no GN, "norm=group": GN}
+  paper: table2
+"""
+BASE = {("relu", None): 0.80, ("gelu", None): 0.79, ("rational", "leaky_relu"): 0.82, ("rational", "gelu"): 0.83}
+GROUP_NORM = {("relu", None): 0.02, ("gelu", None): 0.025, ("rational", "leaky_relu"): -0.03, ("rational", "gelu"): -0.02}
+DIVERGED = ("relu", None, "none", True, 2)  # reported 0.61 before its loss went NaN
+CRASHED = ("gelu", None, "group", True, 2)
+NEVER_RAN = ("gelu", None, "group", True, 1)
+
+
+def value(c: dict) -> float:
+    arm = (c["activation"], c.get("rational.init"))
+    return BASE[arm] + (GROUP_NORM[arm] if c["norm"] == "group" else 0) + 0.005 * c["lsuv"] + 0.001 * c["seed"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """(tracking URI, sweep name): 48 planned trials; 45 finished, one diverged, one crashed, one never ran."""
+    root = tmp_path_factory.mktemp("report")
+    (root / "mock.yaml").write_text(SPACE)
+    [space] = load(str(root / "mock.yaml"))
+    uri = f"sqlite:///{root / 'mlruns.db'}"
+    client = tracking.client(uri)
+    experiment = tracking.ensure_experiment(client, space.name, uri, space)
+    parent = tracking.start_sweep_run(client, experiment, space, "mock", smoke=False)
+    for i, trial in enumerate(space.trials()):
+        config = cfg.flatten(space.build_config(trial))
+        which = (config["activation"], config.get("rational.init"), config["norm"], config["lsuv"], config["seed"])
+        if which == NEVER_RAN:
+            continue
+        tags = {tracking.TAG_PARENT: parent, tracking.TAG_KIND: "trial", tracking.TAG_TRIAL: f"t{i}"}
+        if which == DIVERGED:
+            tags["ratsweep.failure"] = "diverged: loss is nan at epoch 7"
+        elif which == CRASHED:
+            tags["ratsweep.failure"] = "RuntimeError: CUDA error: an illegal memory access was encountered"
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        metric = 0.61 if which == DIVERGED else value(config)
+        client.log_batch(run_id, params=[Param(k, tracking._param(v)) for k, v in config.items()],
+                         metrics=[] if which == CRASHED else [Metric("best_test_acc", metric, 0, 1)])
+        client.set_terminated(run_id, "FAILED" if which in (DIVERGED, CRASHED) else "FINISHED")
+    return uri, space.name
+
+
+def rows(md: str) -> list[str]:
+    return [line for line in md.splitlines() if line.startswith("| vgg4")]
+
+
+def cell(line: str, index: int) -> str:
+    return line.strip("|").split("|")[index].strip()
+
+
+def test_rows_and_columns_follow_the_space_with_its_labels(store):
+    sweep = results.load_sweep(*store)
+    md = results.table(sweep, results.Layout.of(sweep), "md")
+    header = next(line for line in md.splitlines() if line.startswith("| model"))
+    assert header == "| model | activation | rational.init | no GN | GN | minutes |"  # none before group, as listed
+    assert [cell(line, 1) for line in rows(md)] == ["ReLU", "GELU", "Rational 1", "Rational 2"]  # the grid's order
+    assert [cell(line, 2) for line in rows(md)] == ["-", "-", "", ""]  # a label spanning activation | init
+    assert "(up to 4 trials per GPU)" in md and "mean wall time of a finished trial" in md
+
+
+def test_best_and_second_best_are_marked_per_column(store):
+    sweep = results.load_sweep(*store)
+    relu, gelu, rational1, rational2 = rows(results.table(sweep, results.Layout.of(sweep), "md"))
+    assert cell(rational2, 3).startswith("**83.60 ± 0.10 (3) lsuv=True**")  # no GN: best
+    assert cell(rational1, 3).startswith("*82.60 ± 0.10 (3) lsuv=True*") and not cell(rational1, 3).startswith("**")
+    assert cell(relu, 4).startswith("**82.60 ± 0.10 (3)") and cell(gelu, 4).startswith("*82.00 (1")  # GN: ReLU best, GELU second
+    assert "*" not in cell(gelu, 3) + cell(rational1, 4)
+    latex = results.table(sweep, results.Layout.of(sweep), "latex")
+    assert r"\textbf{83.60 $\pm$ 0.10 (3) lsuv=True}" in latex and r"\underline{82.60 $\pm$ 0.10 (3) lsuv=True}" in latex
+
+
+def test_every_cell_counts_finished_diverged_failed_and_missing_seeds(store):
+    sweep = results.load_sweep(*store)
+    relu, gelu, _, _ = rows(results.table(sweep, results.Layout.of(sweep), "md"))
+    assert cell(relu, 3) == "80.55 ± 0.07 (2, 1 diverged) lsuv=True"  # the two finished seeds; the NaN one counted
+    assert cell(gelu, 4) == "*82.00 (1, 1 failed, 1 missing) lsuv=True*"  # one seed: no std
+    csv_lines = results.table(sweep, results.Layout.of(sweep), "csv").splitlines()
+    assert csv_lines[0] == ("model,activation,rational.init,norm,lsuv,best_test_acc_mean,best_test_acc_std,n,"
+                            "diverged,failed,missing,mark,minutes")
+    gelu_group = next(line for line in csv_lines if line.startswith("vgg4,gelu,-,group,"))
+    assert gelu_group.split(",")[7:12] == ["1", "0", "1", "1", "second"]
+
+
+def test_a_diverged_trial_keeps_its_best_before_divergence(store):
+    sweep = results.load_sweep(*store)
+    [diverged] = [r for r in sweep.runs if r.outcome(sweep.metric) == "diverged"]
+    assert diverged.metrics["best_test_acc"] == pytest.approx(0.61) and diverged.status == "FAILED"
+    assert sweep.ranked() and diverged not in sweep.ranked()  # never a best config
+
+
+def test_failed_as_counts_seeds_as_the_authors_did(store):
+    """Diverged: its best before divergence; failed or missing: the given value. The better LSUV setting
+    is chosen on those means, so both cells switch to LSUV off."""
+    sweep = results.load_sweep(*store)
+    md = results.table(sweep, results.Layout.of(sweep), "md", failed_as=0.1)
+    relu, gelu, _, _ = rows(md)
+    assert cell(relu, 3) == "80.10 ± 0.10 (3) lsuv=False"  # lsuv=True: (0.805 + 0.806 + 0.61) / 3 = 74.03
+    assert cell(gelu, 4).startswith("*81.60 ± 0.10 (3) lsuv=False")  # lsuv=True: (0.82 + 0.1 + 0.1) / 3
+    group = results.groups(sweep, ["activation", "norm", "lsuv"], failed_as=0.1)
+    by_key = {g.key: g for g in group}
+    assert sorted(by_key[("relu", "none", "True")].values) == pytest.approx([0.61, 0.805, 0.806])
+    assert sorted(by_key[("gelu", "group", "True")].values) == pytest.approx([0.1, 0.1, 0.82])
+    assert "failed or missing seed as 10.00" in md
+
+
+def test_paper_view_puts_each_cell_beside_the_published_number(store):
+    sweep = results.load_sweep(*store)
+    md = results.paper_comparison(sweep, results.Layout.of(sweep), "md", None)
+    assert "Table 2" in md
+    line = next(line for line in rows(md) if "Rational 2" in line and "| no GN |" in line)
+    published = next(e for e in paper.get("table2").cells if e["model"] == "vgg4" and e.get("rational.init") == "gelu" and e["norm"] == "none")
+    ours = [0.835, 0.836, 0.837]
+    diff = 100 * statistics.fmean(ours) - published["mean"]
+    se = math.sqrt((100 * statistics.stdev(ours)) ** 2 / 3 + published["std"] ** 2 / 5)
+    assert cell(line, 5) == "90.67 ± 0.17 (5)" and cell(line, 6) == f"{diff:+.2f}" and cell(line, 7) == f"{diff / se:+.1f}"
+    assert "published but not in this sweep's table (16)" in md  # vgg8, silu and leaky_relu were not run
+    csv_lines = results.paper_comparison(sweep, results.Layout.of(sweep), "csv", None).splitlines()
+    assert csv_lines[0] == "model,activation,rational.init,norm,ours,paper,difference,z" and len(csv_lines) == 1 + 8
+
+
+def test_paper_view_without_a_paper_number_or_table_says_so(store, tmp_path):
+    sweep = results.load_sweep(*store)
+    layout = results.Layout.of(sweep)
+    layout.rows = ["activation"]  # the paper's cells name a model: nothing matches this layout
+    md = results.paper_comparison(sweep, layout, "md", None)
+    assert all("no paper number" in line for line in md.splitlines() if line.startswith("| ReLU") or line.startswith("| GELU"))
+    layout.paper = None
+    with pytest.raises(UserError, match="names no paper table.*table1"):
+        results.paper_comparison(sweep, layout, "md", None)
+    with pytest.raises(UserError, match="publishes final_normalized_score"):
+        results.paper_comparison(sweep, layout, "md", "table3")
+
+
+def test_report_command_prints_the_paper_view(store, capsys):
+    uri, name = store
+    with pytest.raises(SystemExit) as done:
+        cli.main(["report", name, "--tracking-uri", uri, "--paper", "--failed-as", "0.1"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "against the paper's Table 2" in out and "with --failed-as 0.1" in out
+
+
+def test_paper_tables_hold_every_published_cell():
+    tables = paper.tables()
+    assert sorted(tables) == ["table1", "table2", "table3", "table4", "table5"]
+    assert [len(tables[t].cells) for t in sorted(tables)] == [10, 24, 12, 12, 12]
+    assert sum(bool(e.get("failed")) for e in tables["table5"].cells) == 2  # norm-free ViT with ReLU / GELU
+    for table in tables.values():
+        assert all("mean" in e or e.get("failed") for e in table.cells)
+        assert len({tuple(sorted(table.where(e).items())) for e in table.cells}) == len(table.cells)  # no cell twice
+
+
+@pytest.mark.parametrize("name", ["cifar10_table1", "cifar10_table2"])
+def test_table_spaces_pin_the_papers_precision_and_name_their_table(name):
+    [space] = load(name)
+    assert space.config["amp"] is False and "amp" not in space.search_space
+    assert space.build_config({}).amp is False
+    assert space.report["paper"] == name.replace("cifar10_", "") and space.report["labels"]["silu"] == "Swish"
+
+
+@pytest.mark.parametrize("report, message", [
+    ("{paper: table9}", "unknown paper table 'table9'"),
+    ("{paper: table3}", "publishes iql results"),
+    ("{labels: [a, b]}", "expected a mapping of shown values to labels"),
+])
+def test_bad_report_sections_are_one_line(tmp_path, report, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        name: bad
+        experiment: cifar10
+        metric: {{name: best_test_acc, mode: max}}
+        report: {report}
+        """))
+    with pytest.raises(UserError, match=message) as error:
+        load(str(path))
+    assert len(str(error.value).splitlines()) == 1
