@@ -62,16 +62,18 @@ def store(tmp_path_factory):
         which = (config["activation"], config.get("rational.init"), config["norm"], config["lsuv"], config["seed"])
         if which == NEVER_RAN:
             continue
-        tags = {tracking.TAG_PARENT: parent, tracking.TAG_KIND: "trial", tracking.TAG_TRIAL: f"t{i}"}
+        tags = {tracking.TAG_PARENT: parent, tracking.TAG_KIND: "trial", tracking.TAG_TRIAL: f"t{i}",
+                "device": "NVIDIA H100 80GB HBM3", "ray.node_id": "head"}
         if which == DIVERGED:
             tags["ratsweep.failure"] = "diverged: loss is nan at epoch 7"
         elif which == CRASHED:
             tags["ratsweep.failure"] = "RuntimeError: CUDA error: an illegal memory access was encountered"
-        run_id = client.create_run(experiment, tags=tags).info.run_id
+        start = 60_000 * (i // 4 + 1)  # four at a time, a minute each
+        run_id = client.create_run(experiment, start_time=start, tags=tags).info.run_id
         metric = 0.61 if which == DIVERGED else value(config)
         client.log_batch(run_id, params=[Param(k, tracking._param(v)) for k, v in config.items()],
                          metrics=[] if which == CRASHED else [Metric("best_test_acc", metric, 0, 1)])
-        client.set_terminated(run_id, "FAILED" if which in (DIVERGED, CRASHED) else "FINISHED")
+        client.set_terminated(run_id, "FAILED" if which in (DIVERGED, CRASHED) else "FINISHED", end_time=start + 60_000)
     return uri, space.name
 
 
@@ -90,7 +92,17 @@ def test_rows_and_columns_follow_the_space_with_its_labels(store):
     assert header == "| model | activation | rational.init | no GN | GN | minutes |"  # none before group, as listed
     assert [cell(line, 1) for line in rows(md)] == ["ReLU", "GELU", "Rational 1", "Rational 2"]  # the grid's order
     assert [cell(line, 2) for line in rows(md)] == ["-", "-", "", ""]  # a label spanning activation | init
-    assert "(up to 4 trials per GPU)" in md and "mean wall time of a finished trial" in md
+    assert "mean wall time of a finished trial; each trial asked for 1 CPU and 0.25 GPU, up to 4 per GPU" in md
+    assert "at most 4 trials ran at once on one node's GPUs" in md
+    assert all(cell(line, 5) == "1.00" for line in rows(md))
+
+
+def test_trials_at_once_are_counted_per_node():
+    def run(node, start, end):
+        return results.TrialRun("r", "FINISHED", {}, {}, {}, None, "s", span=(start, end), node=node)
+
+    runs = [run("a", 0, 10), run("a", 5, 15), run("a", 10, 20), run("b", 0, 30), run("b", 1, 2)]
+    assert results.most_at_once(runs) == 2  # "a": the third starts as the first ends
 
 
 def test_best_and_second_best_are_marked_per_column(store):

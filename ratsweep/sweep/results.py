@@ -43,6 +43,9 @@ class TrialRun:
     seconds: float | None
     sweep: str
     failure: str = ""  # why it FAILED (the ratsweep.failure tag): "diverged: ..." for a NaN/inf loss
+    span: tuple[int, int] | None = None  # (start, end) in ms, when it ended
+    node: str = ""  # the Ray node it ran on
+    device: str = ""  # the device tag: a GPU's name, or "cpu (...)"
 
     def outcome(self, metric: str) -> str:
         """finished (with a finite metric), diverged, failed (an error, or finished without the
@@ -110,6 +113,9 @@ def load_sweep(uri: str, name: str) -> Sweep:
                 seconds=(end - run.info.start_time) / 1000 if end and run.info.start_time else None,
                 sweep=run.data.tags.get(TAG_PARENT, ""),
                 failure=run.data.tags.get("ratsweep.failure", ""),
+                span=(run.info.start_time, end) if end and run.info.start_time else None,
+                node=run.data.tags.get("ray.node_id", ""),
+                device=run.data.tags.get("device", ""),
             )
         )
     sweeps.sort(key=lambda r: r.info.start_time, reverse=True)
@@ -384,14 +390,33 @@ def _minutes(cs: list[Cell]) -> str:
     return f"{statistics.fmean(seconds) / 60:.2f}" if seconds else "-"
 
 
+def most_at_once(runs: list[TrialRun]) -> int:
+    """The most runs that ran at the same time on one node (from their start and end times)."""
+    most = 0
+    for node in {r.node for r in runs}:
+        events = sorted((t, step) for r in runs if r.node == node and r.span for t, step in ((r.span[0], 1), (r.span[1], -1)))
+        running = 0
+        for _, step in events:  # an end sorts before a start at the same instant
+            running += step
+            most = max(most, running)
+    return most
+
+
 def _minutes_note(sweep: Sweep) -> str:
-    resources = sweep.plan.get("resources")
+    """What the minutes are, and how many trials shared a device while they ran."""
     note = "minutes: mean wall time of a finished trial"
-    if not resources:
-        return note
-    gpu = resources.get("gpu", 0)
-    share = f" (up to {int(1 / gpu)} trials per GPU)" if 0 < gpu < 1 else ""
-    return f"{note}; each trial asked for {resources.get('cpu', 1):g} CPU and {gpu:g} GPU{share}"
+    resources = sweep.plan.get("resources")
+    if resources:
+        gpu = resources.get("gpu", 0)
+        share = f", up to {int(1 / gpu)} per GPU" if 0 < gpu < 1 else ""
+        note += f"; each trial asked for {resources.get('cpu', 1):g} CPU and {gpu:g} GPU{share}"
+    finished = [r for r in sweep.runs if r.outcome(sweep.metric) == "finished"]
+    on_gpu = [r for r in finished if r.device and not r.device.startswith("cpu")]
+    if on_gpu:
+        note += f"; at most {most_at_once(on_gpu)} trials ran at once on one node's GPUs"
+    elif finished and all(r.device.startswith("cpu") for r in finished):
+        note += f"; trials ran on CPU, at most {most_at_once(finished)} at once on one node"
+    return note
 
 
 def _failed_as_note(layout: Layout, failed_as: float | None) -> str:
