@@ -53,36 +53,64 @@ def _overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserError(f"--set: expected key=value, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise UserError(f"--set: {pair!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
     return out
 
 
 def _load(args: argparse.Namespace):
     from ratsweep.sweep.space import load
 
-    return load(args.space, _overrides(getattr(args, "set", None) or []))
+    return load(args.space, _overrides(getattr(args, "set", None) or []), smoke=getattr(args, "smoke", False),
+                max_trials=getattr(args, "max_trials", None))
+
+
+# Exit codes of `ratsweep run` (README: Exit codes): 0 every trial finished, 2 bad input (nothing
+# started), 3 the sweep ran but some trials failed or diverged, 128 + signal when interrupted.
+EXIT_TRIALS_FAILED = 3
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweeps of a search space (a YAML path or a bundled name) with Ray Tune, tracked in MLflow."""
+    import shlex
+    import signal
+
     spaces = _load(args)  # every document valid before anything starts
     from ratsweep.sweep import runner, tracking
 
+    runner.Signals.install()
+    resume = shlex.join(["ratsweep", *args.argv] + ([] if args.resume else ["--resume"]))
+    if args.address is None:  # on a cluster the data lives on the workers: each trial checks there
+        for space in spaces:
+            runner.check_data(space, args.data_dir)
+    runner.check_storage(args.storage)
     if not args.resume:  # a resumed sweep goes on in the store it began in
         tracking.check_store(tracking.tracking_uri(args.tracking_uri))
     options = runner.RunOptions(
         smoke=args.smoke, data_dir=args.data_dir, tracking_uri=args.tracking_uri, storage=args.storage,
         address=args.address, resume=args.resume, max_concurrent=args.max_concurrent,
+        flush_denormal=not args.keep_denormals,
     )
-    if args.address is None:  # on a cluster the data lives on the workers: each trial checks there
+    failed = False
+    try:
+        runner.init_ray(args.address)
+        runner.Signals.install()  # again: ray.init puts its own SIGTERM handler (a crash dump) in place
         for space in spaces:
-            runner.check_data(space, args.data_dir)
-    runner.init_ray(args.address)
-    for space in spaces:
-        runner.check_cluster(space, args.smoke)
-    for space in spaces:
-        runner.print_summary(runner.run_sweep(space, options))
-    return 0
+            runner.check_cluster(space, args.smoke)
+        for space in spaces:
+            outcome = runner.run_sweep(space, options)
+            runner.print_summary(outcome)
+            if outcome.interrupted:  # the whole invocation stops: later sweeps of the file too
+                print(f"interrupted; continue with: {resume}", file=sys.stderr)
+                return 128 + outcome.interrupted
+            counts = outcome.counts()
+            failed |= counts["failed"] + counts["diverged"] > 0
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with: {resume}", file=sys.stderr)
+        return 128 + (runner.Signals.received or signal.SIGINT)
+    return EXIT_TRIALS_FAILED if failed else 0
 
 
 def validate(args: argparse.Namespace) -> int:
@@ -93,9 +121,13 @@ def validate(args: argparse.Namespace) -> int:
 
 
 def _trial_count(space) -> str:
-    if space.search_alg["type"] in ("random", "grid"):
-        return f"{len(space.trials())} distinct trials"
-    return f"{space.num_samples} {space.search_alg['type']} samples"
+    from ratsweep.sweep.space import MAX_TRIALS
+
+    if space.search_alg["type"] not in ("random", "grid"):
+        return f"{space.num_samples} {space.search_alg['type']} samples"
+    if space.trial_bound() > MAX_TRIALS:  # allowed by --max-trials: counted, not expanded
+        return f"up to {space.trial_bound():,} trials"
+    return f"{len(space.trials())} distinct trials"
 
 
 def list_plugins(args: argparse.Namespace) -> int:
@@ -117,6 +149,39 @@ def list_plugins(args: argparse.Namespace) -> int:
     for error in registry.load_errors:
         print(f"plugin failed to load: {error}")
     return 0
+
+
+def describe(args: argparse.Namespace) -> int:
+    """An experiment's config keys (types, defaults, conditions), metrics, datasets and architectures."""
+    from ratsweep import config, registry
+    from ratsweep.sweep.space import UserError
+
+    try:
+        exp = registry.get_experiment(args.name)
+    except KeyError as e:
+        raise UserError(e.args[0]) from None
+    print(f"{exp.name}: {exp.description}  [{exp.source}]")
+    print("metrics:  " + ", ".join(f"{m} ({exp.modes[m]})" if m in exp.modes else m for m in exp.metrics))
+    if exp.datasets:
+        print("datasets: " + ", ".join(exp.datasets) + "  (ratsweep data NAME --dir DIR)")
+    if exp.family:
+        print(f"models:   {', '.join(registry.architectures(exp.family))}  (architectures of family {exp.family!r})")
+    if exp.smoke:
+        print("--smoke:  " + ", ".join(f"{k}={v}" for k, v in exp.smoke.items()))
+    rows = [("key", "expects", "default", "applies when", "meaning")]
+    rows += [(d.key, d.expected, _yaml_text(d.default), d.when or "always", d.doc) for d in config.key_docs(exp.config)]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    print("config keys:")
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+    return 0
+
+
+def _yaml_text(value) -> str:
+    """A default as a search space writes it ([5, 4], null, true, "")."""
+    import yaml
+
+    return yaml.safe_dump([list(value) if isinstance(value, tuple) else value], default_flow_style=True).strip()[1:-1]
 
 
 def _print_datasets() -> None:
@@ -158,7 +223,7 @@ def best(args: argparse.Namespace) -> int:
 
     from ratsweep.sweep import results, tracking
 
-    sweep = results.load_sweep(tracking.tracking_uri(args.tracking_uri), args.name)
+    sweep = results.load_sweep(tracking.tracking_uri(args.tracking_uri), args.name, args.include_smoke, args.all_runs)
     entries = results.best(sweep, args.top)
     if args.format == "json":
         print(json.dumps(entries, indent=2))
@@ -178,13 +243,14 @@ def report(args: argparse.Namespace) -> int:
 
     from ratsweep.sweep import results, tracking
 
-    sweep = results.load_sweep(tracking.tracking_uri(args.tracking_uri), args.name)
+    sweep = results.load_sweep(tracking.tracking_uri(args.tracking_uri), args.name, args.include_smoke, args.all_runs)
     layout = results.Layout.of(sweep)  # the search space's `report:` layout, if it has one
     if args.group_by or args.columns or args.best_of:  # a layout given here replaces it
         layout = results.Layout(args.group_by or results.default_group_by(sweep), args.columns, args.best_of,
                                 labels=layout.labels, paper=layout.paper)
         layout.rows = [k for k in layout.rows if k not in (args.columns, args.best_of)]
     layout.percent |= args.percent
+    results.check_layout(sweep, layout)
     if args.paper is not None:
         if args.format == "latex":
             raise results.UserError("--paper: expected --format md or csv")
@@ -215,6 +281,10 @@ def submit(args: argparse.Namespace) -> int:
         run_args.append(f"--data-dir={args.data_dir}")
     if args.max_concurrent:
         run_args.append(f"--max-concurrent={args.max_concurrent}")
+    if args.max_trials:
+        run_args.append(f"--max-trials={args.max_trials}")
+    if args.keep_denormals:
+        run_args.append("--keep-denormals")
     if args.resume:
         run_args.append("--resume")
     job_id = submission.submit(args.address, args.space, run_args, args.working_dir)
@@ -224,10 +294,29 @@ def submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse turns the error into one line, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad arguments are one line (the command and what was wrong) and exit code 2, without the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     import ratsweep
+    from ratsweep.sweep.space import MAX_TRIALS  # light: no Ray or MLflow
 
-    parser = argparse.ArgumentParser(prog="ratsweep", description="Sweeps of trainable rational vs fixed activations.")
+    parser = OneLineParser(prog="ratsweep", description="Sweeps of trainable rational vs fixed activations.")
     parser.add_argument("--version", action="version", version=f"ratsweep {ratsweep.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -246,7 +335,10 @@ def main(argv: list[str] | None = None) -> None:
         sub.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
         sub.add_argument("--storage", default=None if fn is submit else "ratsweep_results", help="Ray Tune results and checkpoints (shared storage on a cluster)")
         sub.add_argument("--resume", action="store_true", help="continue the latest interrupted sweep of this space")
-        sub.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+        sub.add_argument("--max-concurrent", type=_positive, help="at most this many trials at once")
+        sub.add_argument("--max-trials", type=_positive, help=f"allow more than {MAX_TRIALS:,} trials")
+        sub.add_argument("--keep-denormals", action="store_true", help="let CPU trials compute with subnormal floats "
+                         "(default: flushed to zero, which is often many times faster)")
         if fn is run:
             sub.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
         else:
@@ -256,8 +348,11 @@ def main(argv: list[str] | None = None) -> None:
         sub = command(fn)
         sub.add_argument("name", help="the sweep's name (its MLflow experiment)")
         sub.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
+        sub.add_argument("--include-smoke", action="store_true", help="also count the sweep's --smoke runs (left out by default)")
+        sub.add_argument("--all-runs", action="store_true", help="count every run of a config that ran more than once "
+                         "(default: its latest finished run)")
         if fn is best:
-            sub.add_argument("--top", type=int, default=1)
+            sub.add_argument("--top", type=_positive, default=1, help="how many configs (default: 1)")
             sub.add_argument("--format", choices=["table", "json", "yaml"], default="table")
         else:
             sub.add_argument("--group-by", nargs="+", metavar="KEY", help="a row per value of these config keys "
@@ -275,11 +370,15 @@ def main(argv: list[str] | None = None) -> None:
     sub = command(validate)
     sub.add_argument("space")
     sub.add_argument("--set", action="append", metavar="KEY=VALUE")
+    sub.add_argument("--max-trials", type=_positive, help=f"allow more than {MAX_TRIALS:,} trials")
     sub = command(data)
     sub.add_argument("name", nargs="?", help="the dataset (ratsweep data, without it, lists them)")
     sub.add_argument("--dir", default="data", help="where to put it; ratsweep run's --data-dir (default: ./data)")
     command(list_plugins, "list")
+    sub = command(describe)
+    sub.add_argument("name", help="a registered experiment (ratsweep list)")
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # for hints that repeat the command
     sys.exit(_guarded(args))
 
 
@@ -292,5 +391,6 @@ def _guarded(args: argparse.Namespace) -> int:
     try:
         return args.run(args)
     except (ConfigError, DataError, UserError) as e:
-        print(f"ratsweep {args.command}: {e}", file=sys.stderr)
+        for line in str(e).splitlines():  # a search space's every mistake, one line each
+            print(f"ratsweep {args.command}: {line}", file=sys.stderr)
         return 2

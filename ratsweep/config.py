@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
+import re
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal
+
+import yaml
 
 
 class ConfigError(ValueError):
@@ -122,6 +126,27 @@ def coerce(annotation, value, key: str):
     raise ConfigError(key, f"unsupported config annotation {annotation!r}")
 
 
+def from_text(annotation, text: str, key: str):
+    """A config value back from its text (str() of it: how MLflow keeps params), in its own type:
+    "None" is None where the field allows it, a str field keeps "" and "0.5" as written, other
+    text is read as YAML (numbers, true/false, [5, 4]). Text the annotation rejects comes back as YAML reads it."""
+    read = _yaml(text)
+    candidates = ([None] if text == "None" else []) + ([read] if annotation is Any else [text, read])
+    for candidate in candidates:
+        try:
+            return coerce(annotation, candidate, key)
+        except ConfigError:
+            continue
+    return read
+
+
+def _yaml(text: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 def did_you_mean(value, options) -> str:
     close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -188,6 +213,45 @@ def _default(cls, key: str):
     if rest:
         return _default(_hints(cls)[head], rest)
     return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyDoc:
+    """One config key as `ratsweep describe` shows it."""
+
+    key: str
+    expected: str  # describe(annotation)
+    default: Any
+    when: str  # "activation = rational" for a conditional key, else ""
+    doc: str  # the field's trailing comment in the source
+
+
+def key_docs(cls, prefix: str = "", when: str = "") -> list[KeyDoc]:
+    """Every dotted key of a config class with what it takes, its default, the condition under which
+    it applies and its comment: generated from the dataclass, so it cannot drift from it."""
+    docs, hints, comments = [], _hints(cls), _field_comments(cls)
+    for name, field in _fields(cls).items():
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            on = field.metadata.get("when")
+            docs += key_docs(annotation, f"{prefix}{name}.", f"{on[0]} = {on[1]}" if on else when)
+        else:
+            docs.append(KeyDoc(prefix + name, describe(annotation), _default(cls, name), when, comments.get(name, "")))
+    return docs
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """`name: type = default  # comment` lines of the class's source, by field name ({} without source)."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    out = {}
+    for line in source.splitlines():
+        match = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
+        if match and match.group(1) in _fields(cls):
+            out[match.group(1)] = match.group(2).strip()
+    return out
 
 
 def flatten(config, prefix: str = "", root=None) -> dict[str, Any]:

@@ -18,8 +18,8 @@ This module imports nothing heavy: listing never builds a model.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,9 @@ class Experiment:
     description: str
     source: str  # the module that registered it
     datasets: tuple[str, ...] = ()  # registered datasets it reads from the data dir (checked before a sweep)
+    smoke: Mapping[str, Any] = field(default_factory=dict)  # config values of a --smoke run (steps, epochs...)
+    family: str | None = None  # the architecture family its `model` key takes
+    modes: Mapping[str, str] = field(default_factory=dict)  # metric -> "min" | "max", where declared
 
 
 @dataclass(frozen=True)
@@ -65,18 +68,25 @@ _architectures: dict[str, Architecture] = {}
 _datasets: dict[str, Dataset] = {}
 _loaded = False
 load_errors: list[str] = []  # plugins that failed to load, shown by `ratsweep list`
+_distributions: dict[str, str] = {}  # top-level module -> the distribution whose entry point loaded it
 
 
 def _doc(fn) -> str:
     return (fn.__doc__ or "").strip().split("\n")[0]
 
 
-def register_experiment(name: str, config: type, metrics: tuple[str, ...] = (), datasets: tuple[str, ...] = ()):
+def register_experiment(name: str, config: type, metrics: Sequence[str] | Mapping[str, str] = (),
+                        datasets: tuple[str, ...] = (), smoke: Mapping[str, Any] | None = None, family: str | None = None):
     """Register `run(config, session) -> metrics` under `name` with its config dataclass, the
-    names of the metrics it reports and the registered datasets it needs."""
+    metrics it reports (names, or {name: "min" | "max"} to say which way is better), the
+    registered datasets it needs, the config values that
+    shrink it for `--smoke` (dotted keys; applied to the config, so a smoke run's params say what
+    ran) and the architecture family its models come from (for `ratsweep describe`)."""
 
     def decorator(run):
-        _experiments[name] = Experiment(name, config, run, tuple(metrics), _doc(run), run.__module__, tuple(datasets))
+        modes = dict(metrics) if isinstance(metrics, Mapping) else {}
+        _experiments[name] = Experiment(name, config, run, tuple(metrics), _doc(run), run.__module__, tuple(datasets),
+                                        dict(smoke or {}), family, modes)
         return run
 
     return decorator
@@ -111,6 +121,17 @@ def load_plugins() -> None:
                 ep.load()
             except Exception as e:  # a broken plugin must not take ratsweep down with it
                 load_errors.append(f"{group}: {ep.name} = {ep.value}: {type(e).__name__}: {e}")
+                continue
+            if ep.dist is not None:
+                _distributions.setdefault(ep.module.partition(".")[0], ep.dist.name)
+
+
+def distribution(module: str) -> str | None:
+    """The installed distribution that provides a registered experiment's or architecture's module
+    (ratsweep's own included), or None (registered from a script)."""
+    load_plugins()
+    top = module.partition(".")[0]
+    return _distributions.get(top, "ratsweep" if top == "ratsweep" else None)
 
 
 def experiments() -> dict[str, Experiment]:

@@ -353,13 +353,13 @@ def test_smoke_sweep_lands_in_mlflow_and_reports_like_table_1(data_dir, tmp_path
         assert "learning_curve.png" in artifacts(client, run)
         if activation == "rational":
             assert run.data.params["rational.lr_mult"] == "1.0" and "rational_evolution.png" in artifacts(client, run)
-    report = ratsweep(tmp_path, "report", "cifar10_table1").stdout
+    report = ratsweep(tmp_path, "report", "cifar10_table1", "--include-smoke").stdout
     rows = [line for line in report.splitlines() if line.startswith("| VGG")]
     assert len(rows) == 10 and "x 100" in report and "best per model" in report
     names = [line.split("|")[2].strip() for line in rows]  # the grid's order, the paper's names
     assert names == ["GELU", "ReLU", "Swish", "LeakyReLU", "Rational"] * 2
     assert all(" (1)" in line and "diverged" not in line for line in rows)  # one seed each, all finished
-    paper = ratsweep(tmp_path, "report", "cifar10_table1", "--paper").stdout
+    paper = ratsweep(tmp_path, "report", "cifar10_table1", "--paper", "--include-smoke").stdout
     assert "Table 1" in paper and "| VGG8 | Rational | " in paper and "84.89 ± 0.19 (5)" in paper
 
 

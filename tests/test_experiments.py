@@ -15,12 +15,17 @@ DIGITS_METRICS = {"train_loss", "test_acc", "best_test_acc", "epoch_time_s"}
 
 def run_approx(session=None, **values):
     session = session or LocalSession()
-    return approx.run(build(approx.ApproxConfig, values), session), session
+    return approx.run(build(approx.ApproxConfig, smoke_values("approx", session) | values), session), session
 
 
 def run_digits(session=None, **values):
     session = session or LocalSession()
-    return digits.run(build(digits.DigitsConfig, values), session), session
+    return digits.run(build(digits.DigitsConfig, smoke_values("digits", session) | values), session), session
+
+
+def smoke_values(name, session) -> dict:
+    """What `ratsweep run --smoke` sets for this experiment, when the session is a smoke one."""
+    return dict(experiments()[name].smoke) if session.smoke else {}
 
 
 def test_both_experiments_and_their_architectures_are_registered():

@@ -40,6 +40,10 @@ GROUP_NORM = {("relu", None): 0.02, ("gelu", None): 0.025, ("rational", "leaky_r
 DIVERGED = ("relu", None, "none", True, 2)  # reported 0.61 before its loss went NaN
 CRASHED = ("gelu", None, "group", True, 2)
 NEVER_RAN = ("gelu", None, "group", True, 1)
+COMMON = {"model": "vgg4", "recipe": "augmented", "amp": False, "epochs": 60, "batch_size": 128, "lr": 0.02}
+RERUN = {**COMMON, "activation": "rational", "rational.degrees": [5, 4], "rational.version": "A", "rational.init": "gelu",
+         "rational.lr_mult": 0.5, "norm": "none", "lsuv": True, "seed": 0}
+SMOKED = {**COMMON, "activation": "relu", "norm": "group", "lsuv": False, "seed": 0}
 
 
 def value(c: dict) -> float:
@@ -74,6 +78,15 @@ def store(tmp_path_factory):
         client.log_batch(run_id, params=[Param(k, tracking._param(v)) for k, v in config.items()],
                          metrics=[] if which == CRASHED else [Metric("best_test_acc", metric, 0, 1)])
         client.set_terminated(run_id, "FAILED" if which in (DIVERGED, CRASHED) else "FINISHED", end_time=start + 60_000)
+    # the same sweep run again later (one config), and a --smoke run of another: neither may change a cell
+    again = tracking.start_sweep_run(client, experiment, space, "again", smoke=False)
+    smoke = tracking.start_sweep_run(client, experiment, space, "smoke", smoke=True)
+    for parent, config, metric in ((again, RERUN, value(RERUN)), (smoke, SMOKED, 0.99)):
+        tags = {tracking.TAG_PARENT: parent, tracking.TAG_KIND: "trial", tracking.TAG_TRIAL: "t-later"}
+        run_id = client.create_run(experiment, start_time=10**12, tags=tags).info.run_id
+        client.log_batch(run_id, params=[Param(k, tracking._param(v)) for k, v in config.items()],
+                         metrics=[Metric("best_test_acc", metric, 0, 1)])
+        client.set_terminated(run_id, "FINISHED", end_time=10**12 + 60_000)
     return uri, space.name
 
 
@@ -126,6 +139,29 @@ def test_every_cell_counts_finished_diverged_failed_and_missing_seeds(store):
                             "diverged,failed,missing,mark,minutes")
     gelu_group = next(line for line in csv_lines if line.startswith("vgg4,gelu,-,group,"))
     assert gelu_group.split(",")[7:12] == ["1", "0", "1", "1", "second"]
+
+
+def test_a_config_that_ran_again_counts_once_and_smoke_runs_not_at_all(store):
+    sweep = results.load_sweep(*store)
+    md = results.table(sweep, results.Layout.of(sweep), "md")
+    assert "1 earlier runs of configs that ran again are left out (--all-runs counts them)" in md
+    assert cell(rows(md)[3], 3).startswith("**83.60 ± 0.10 (3)")  # Rational 2, no GN: still three seeds
+    everything = results.load_sweep(*store, include_smoke=True, all_runs=True)
+    by_key = {g.key: g for g in results.groups(everything, ["activation", "rational.init", "norm", "lsuv"])}
+    assert len(by_key[("rational", "gelu", "none", "True")].finished) == 4
+    assert len(by_key[("relu", "-", "group", "False")].finished) == 4  # the smoke run's too
+    assert max(by_key[("relu", "-", "group", "False")].values) == pytest.approx(0.99)
+
+
+def test_report_names_unknown_layout_keys_with_a_suggestion(store, capsys):
+    uri, name = store
+    with pytest.raises(SystemExit) as done:
+        cli.main(["report", name, "--tracking-uri", uri, "--group-by", "activaton"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1 and "--group-by: unknown key 'activaton' (did you mean 'activation'?)" in err
+    with pytest.raises(SystemExit) as done:
+        cli.main(["report", name, "--tracking-uri", uri, "--columns", "nrom"])
+    assert done.value.code == 2 and "--columns: unknown key 'nrom' (did you mean 'norm'?)" in capsys.readouterr().err
 
 
 def test_a_diverged_trial_keeps_its_best_before_divergence(store):

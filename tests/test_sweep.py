@@ -18,8 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from ratsweep.sweep.space import load
 from helpers import artifacts, mlflow_client, ratsweep, trial_runs
+from synthetic_data import write_cifar10
+
+from ratsweep import cli, registry
+from ratsweep.sweep.space import load
 
 PLUGIN = Path(__file__).parent / "plugin"
 
@@ -59,10 +62,14 @@ def test_run_lands_every_trial_in_mlflow(smoke_sweep):
     approx, [approx_sweep] = trial_runs(client, "e2e_approx")
     assert len(approx) == 4 and {r.info.status for r in approx} == {"FINISHED"}
     assert {r.data.tags["mlflow.parentRunId"] for r in approx} == {approx_sweep.info.run_id}
-    assert "search_space.yaml" in artifacts(client, approx_sweep)
+    assert {"search_space.yaml", "plan.json"} <= artifacts(client, approx_sweep)
+    assert approx_sweep.data.tags["ratsweep.provider.ratsweep"] and approx_sweep.data.tags["ratsweep.smoke"] == "True"
+    assert "e2e_approx: 4 finished" in proc.stdout
     for run in approx:
         params, tags = run.data.params, run.data.tags
         assert params["target"] == "abs" and int(params["num_params"]) > 0
+        assert (params["steps"], params["report_every"]) == ("60", "20")  # what the smoke run ran, not 2000/100
+        assert tags["ratsweep.provider.ratsweep"] == approx_sweep.data.tags["ratsweep.provider.ratsweep"]
         assert ("rational.degrees" in params) == (params["activation"] == "rational")  # what applies, only
         assert {"max_abs_err", "mse"} <= set(run.data.metrics)
         assert tags["kernel_backend"] == "cpu" and tags["torch"] and tags["ray.node_id"] and tags["device"].startswith("cpu")
@@ -72,13 +79,14 @@ def test_run_lands_every_trial_in_mlflow(smoke_sweep):
     digits, _ = trial_runs(client, "e2e_digits")
     assert len(digits) == 2
     for run in digits:
+        assert run.data.params["epochs"] == "1"
         assert {"train_loss", "test_acc", "best_test_acc", "epoch_time_s"} <= set(run.data.metrics)
         assert "learning_curve.png" in artifacts(client, run)
 
 
 def test_best_reads_mlflow(smoke_sweep):
     cwd, _ = smoke_sweep
-    entries = json.loads(ratsweep(cwd, "best", "e2e_approx", "--top", "3", "--format", "json").stdout)
+    entries = json.loads(ratsweep(cwd, "best", "e2e_approx", "--top", "3", "--format", "json", "--include-smoke").stdout)
     assert len(entries) == 3 and all(set(e) == {"run_id", "metric", "value", "config"} for e in entries)
     values = [e["value"] for e in entries]
     assert values == sorted(values) and entries[0]["metric"] == "max_abs_err"
@@ -86,7 +94,7 @@ def test_best_reads_mlflow(smoke_sweep):
     assert client.get_run(entries[0]["run_id"]).data.metrics["max_abs_err"] == values[0]
 
     rerun = cwd / "best.yaml"
-    rerun.write_text(ratsweep(cwd, "best", "e2e_approx", "--format", "yaml").stdout)
+    rerun.write_text(ratsweep(cwd, "best", "e2e_approx", "--format", "yaml", "--include-smoke").stdout)
     [space] = load(str(rerun))
     assert space.experiment == "approx" and space.trials() == [{}]
     assert {k: v for k, v in space.config.items()} == entries[0]["config"]
@@ -94,7 +102,7 @@ def test_best_reads_mlflow(smoke_sweep):
 
 def test_report_tables_and_plots(smoke_sweep):
     cwd, _ = smoke_sweep
-    md = ratsweep(cwd, "report", "e2e_approx", "--plots", "plots").stdout
+    md = ratsweep(cwd, "report", "e2e_approx", "--plots", "plots", "--include-smoke").stdout
     rows = [line for line in md.splitlines() if line.startswith("| ") and ("relu" in line or "rational" in line)]
     assert len(rows) == 2, md  # grouped by activation (degrees fixed), averaged over the two seeds
     assert all(" (2)" in row for row in rows) and sum("**" in row for row in rows) == 1  # two seeds finished
@@ -102,10 +110,16 @@ def test_report_tables_and_plots(smoke_sweep):
     assert "±" in md
     assert (cwd / "plots" / "learning_curves.png").stat().st_size > 5000
     assert list((cwd / "plots").glob("*rational*/rational_1.png"))
-    csv_lines = ratsweep(cwd, "report", "e2e_approx", "--format", "csv", "--group-by", "activation").stdout.splitlines()
+    csv_lines = ratsweep(cwd, "report", "e2e_approx", "--format", "csv", "--group-by", "activation", "--include-smoke").stdout.splitlines()
     assert csv_lines[0] == "activation,max_abs_err_mean,max_abs_err_std,n,diverged,failed,missing,mark,minutes" and len(csv_lines) == 3
-    latex = ratsweep(cwd, "report", "e2e_approx", "--format", "latex").stdout
+    latex = ratsweep(cwd, "report", "e2e_approx", "--format", "latex", "--include-smoke").stdout
     assert latex.startswith(r"\begin{tabular}") and r"\textbf{" in latex
+
+
+def test_smoke_runs_are_left_out_unless_asked_for(smoke_sweep):
+    cwd, _ = smoke_sweep
+    proc = ratsweep(cwd, "report", "e2e_approx", check=False)
+    assert proc.returncode == 2 and "e2e_approx: it has only --smoke runs so far; --include-smoke shows them" in proc.stderr
 
 
 def test_unknown_sweep_name_is_one_line(smoke_sweep):
@@ -166,13 +180,19 @@ def test_gpu_request_on_a_cluster_without_gpus_starts_nothing(tmp_path):
     assert not (tmp_path / "mlruns.db").exists()
 
 
-def test_plugin_package_is_discovered_and_swept(tmp_path):
-    site = tmp_path / "site"
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory) -> dict:
+    """The environment of a ratsweep that has the test plugin installed (into a folder on PYTHONPATH)."""
+    site = tmp_path_factory.mktemp("site")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(PLUGIN)],
         check=True, capture_output=True, timeout=300,
     )
-    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_plugin_package_is_discovered_and_swept(tmp_path, plugin_env):
+    env = plugin_env
     listing = ratsweep(tmp_path, "list", env=env).stdout
     assert "toy" in listing and "digits_tiny" in listing and "ratsweep_toy_plugin" in listing
     (tmp_path / "toy.yaml").write_text(textwrap.dedent("""\
@@ -185,13 +205,21 @@ def test_plugin_package_is_discovered_and_swept(tmp_path):
           fail: {grid: [false, true]}
           diverge: {grid: [false, true]}
         ---
+        name: toy_unreported
+        experiment: toy
+        metric: {name: mse, mode: min}
+        search_space:
+          report_as: {grid: [mse, loss]}
+        ---
         name: toy_digits
         experiment: digits
         metric: {name: best_test_acc, mode: max}
         config: {model: digits_tiny}
         """))
-    proc = ratsweep(tmp_path, "run", "toy.yaml", "--smoke", env=env)
-    assert "== toy_sweep: 8 trials" in proc.stdout
+    proc = ratsweep(tmp_path, "run", "toy.yaml", "--smoke", env=env, check=False)
+    assert proc.returncode == cli.EXIT_TRIALS_FAILED, proc.stderr[-3000:]  # the sweeps ran; some trials failed
+    assert "== toy_sweep: 8 trials" in proc.stdout and "toy_sweep: 2 finished, 4 failed, 2 diverged" in proc.stdout
+    assert "toy_unreported: 1 finished, 1 failed" in proc.stdout and "toy_digits: 1 finished" in proc.stdout
     client = mlflow_client(tmp_path)
     runs, _ = trial_runs(client, "toy_sweep")
     assert len(runs) == 8  # a retried trial keeps its run: no duplicates
@@ -207,10 +235,41 @@ def test_plugin_package_is_discovered_and_swept(tmp_path):
             assert [m.step for m in client.get_metric_history(run.info.run_id, "mse")] == [1] and run.data.metrics["mse"] < 1
         else:
             assert run.info.status == "FINISHED" and not failure and len(client.get_metric_history(run.info.run_id, "mse")) == 2
-    report = ratsweep(tmp_path, "report", "toy_sweep", env=env).stdout
+            assert "final.txt" in artifacts(client, run)  # written after the last report, still attached
+    unreported, _ = trial_runs(client, "toy_unreported")
+    by_name = {r.data.params["report_as"]: r for r in unreported}
+    assert by_name["mse"].info.status == "FINISHED"
+    assert by_name["loss"].info.status == "FAILED" and by_name["loss"].data.tags["ratsweep.failure"] == (
+        "the experiment reported loss but not 'mse', the sweep's metric")
+    everything = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+    assert not [r for r in everything if r.info.status == "RUNNING"]
+    report = ratsweep(tmp_path, "report", "toy_sweep", "--include-smoke", env=env).stdout
     assert report.count("fails to train (0, 1 diverged)") == 2 and report.count("- (0, 1 failed)") == 4  # not dropped
     [digits] = trial_runs(client, "toy_digits")[0]
     assert digits.info.status == "FINISHED" and digits.data.params["model"] == "digits_tiny"
+
+
+def test_best_yaml_reruns_every_experiments_default_config(tmp_path, plugin_env):
+    """best --format yaml -> validate -> run --smoke, for the default config of every registered
+    experiment and the plugin's (None and "" defaults included: rational.lr_mult, note)."""
+    metrics = {"approx": "{name: mse, mode: min}", "digits": "{name: best_test_acc, mode: max}",
+               "cifar10": "{name: best_test_acc, mode: max}", "toy": "{name: mse, mode: min}"}
+    assert set(metrics) == set(registry.experiments()) | {"toy"}  # a new experiment joins this test
+    data = write_cifar10(tmp_path / "data", train_per_batch=20, test=20)
+    docs = [f"name: rt_{name}\nexperiment: {name}\nmetric: {metric}\nconfig: {{activation: rational}}\n"
+            for name, metric in metrics.items()]
+    (tmp_path / "defaults.yaml").write_text("---\n".join(docs))
+    run = ("--smoke", "--data-dir", str(data))
+    ratsweep(tmp_path, "run", "defaults.yaml", *run, env=plugin_env, timeout=600)
+    best = [ratsweep(tmp_path, "best", f"rt_{name}", "--format", "yaml", "--include-smoke", env=plugin_env).stdout for name in metrics]
+    assert "lr_mult: null" in best[-1] and "note: ''" in best[-1]
+    (tmp_path / "best.yaml").write_text("---\n".join(best))
+    assert ratsweep(tmp_path, "validate", "best.yaml", env=plugin_env).stdout.count(": ok (") == 4
+    ratsweep(tmp_path, "run", "best.yaml", *run, env=plugin_env, timeout=600)
+    for name in metrics:
+        [rerun], _ = trial_runs(mlflow_client(tmp_path), f"rt_{name}_best")
+        [first], _ = trial_runs(mlflow_client(tmp_path), f"rt_{name}")
+        assert rerun.info.status == "FINISHED" and rerun.data.params == first.data.params
 
 
 def test_resume_after_killing_the_driver(tmp_path):
@@ -255,6 +314,59 @@ def test_resume_after_killing_the_driver(tmp_path):
             assert run.info.end_time == finished_before[run.info.run_id]
             [trial_dir] = (tmp_path / "ratsweep_results").glob(f"resumable-*/approx_{run.data.tags['ratsweep.trial_id']}_*")
             assert len((trial_dir / "result.json").read_text().splitlines()) == 6
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_stops_the_invocation_closes_its_runs_and_says_how_to_resume(tmp_path, sig):
+    (tmp_path / "slow.yaml").write_text(textwrap.dedent("""\
+        name: interrupted
+        experiment: approx
+        metric: {name: max_abs_err, mode: min}
+        config: {steps: 1200, report_every: 200, param_budget: 200}
+        search_space:
+          target: {grid: [abs, step, sin]}
+          activation: {grid: [relu, rational]}
+        ---
+        name: never_reached
+        experiment: approx
+        metric: {name: mse, mode: min}
+        """))
+    args = [sys.executable, "-m", "ratsweep", "run", "slow.yaml", "--max-concurrent", "1"]
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        driver = subprocess.Popen(args, cwd=tmp_path, stdout=out, stderr=err, start_new_session=True)
+    client = mlflow_client(tmp_path)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and driver.poll() is None:
+            time.sleep(1)
+            experiment = (tmp_path / "mlruns.db").exists() and client.get_experiment_by_name("interrupted")
+            if experiment and any(r.info.status == "FINISHED" for r in client.search_runs(
+                    [experiment.experiment_id], "tags.`ratsweep.kind` = 'trial'")):
+                break
+        else:
+            pytest.fail("the sweep did not finish a trial in time")
+        os.kill(driver.pid, sig)  # the driver alone, as a terminal's Ctrl-C or a scheduler's stop would
+        code = driver.wait(timeout=180)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+    assert code == 128 + sig, stderr[-3000:]
+    assert "continue with: ratsweep run slow.yaml --max-concurrent 1 --resume" in stderr
+    assert "INTERRUPTED" in stdout and "OK" in stdout  # the finished trial, and the one stopped
+    summary = next(line for line in stdout.splitlines() if line.startswith("interrupted: ") and "finished" in line)
+    counts = {what: int(n) for n, what in (part.split(" ", 1) for part in summary.removeprefix("interrupted: ").split(", "))}
+    assert counts["finished"] >= 1 and counts["interrupted"] >= 1 and sum(counts.values()) == 6, summary
+    assert "Tuner.restore" not in stdout + stderr and "never_reached" not in stdout  # the file's next sweep did not start
+    runs, [sweep] = trial_runs(client, "interrupted")
+    assert sweep.info.status == "KILLED" and not [r for r in runs if r.info.status == "RUNNING"]
+    assert client.get_experiment_by_name("never_reached") is None
+    if sig == signal.SIGINT:
+        ratsweep(tmp_path, "run", "slow.yaml", "--max-concurrent", "1", "--resume", timeout=600)
+        runs, [sweep] = trial_runs(client, "interrupted")
+        assert sweep.info.status == "FINISHED" and len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
+        assert all({m.step for m in client.get_metric_history(r.info.run_id, "max_abs_err")} == set(range(1, 7)) for r in runs)
 
 
 def free_port() -> int:

@@ -111,10 +111,11 @@ def save_fit_plot(model: nn.Module, grid: torch.Tensor, target: torch.Tensor, co
         bottom.set_xlabel("x")
 
 
-@register_experiment("approx", config=ApproxConfig, metrics=("mse", "max_abs_err", "train_loss"))
+@register_experiment("approx", config=ApproxConfig, metrics={"mse": "min", "max_abs_err": "min", "train_loss": "min"},
+                     smoke={"steps": SMOKE_STEPS, "report_every": SMOKE_REPORT_EVERY})
 def run(config: ApproxConfig, session: Session) -> dict[str, float]:
     """Fit a 1-D target with an MLP at a matched parameter count (the expressivity experiment)."""
-    steps, report_every = (SMOKE_STEPS, SMOKE_REPORT_EVERY) if session.smoke else (config.steps, config.report_every)
+    steps, report_every = config.steps, config.report_every
     activation = activation_factory(config.activation, config.rational)
 
     def build(width: int) -> nn.Module:

@@ -71,8 +71,9 @@ class LocalSession:
         self.params: dict[str, Any] = {}
 
     def report(self, metrics, state=None):
+        # A snapshot, as a Tune checkpoint is: training goes on updating tensors in place after the report.
         self.history.append(dict(metrics))
-        self.states.append(state)
+        self.states.append(copy.deepcopy(state))
 
     def log_params(self, **params):
         self.params.update(params)
@@ -82,12 +83,12 @@ class LocalSession:
 class RationalConfig:
     """The rational activation's knobs; they apply only when activation == "rational"."""
 
-    degrees: tuple[int, int] = (5, 4)
-    version: Literal["A", "B", "C", "D"] = "A"
-    init: RationalInit = "leaky_relu"
-    # The coefficients' learning rate is lr * lr_mult. None: the experiment's own default (its
-    # recipe's, e.g. 0.5 for CIFAR-10 augmented), filled in by default_lr_mult.
-    lr_mult: float | None = None
+    degrees: tuple[int, int] = (5, 4)  # (numerator, denominator) degrees, 1..8 each; the paper's (5, 4)
+    version: Literal["A", "B", "C", "D"] = "A"  # A: pole-free, the paper's (see Rational)
+    init: RationalInit = "leaky_relu"  # what F starts as on [-3, 3]
+    # None: the experiment's own default (its recipe's, e.g. 0.5 for CIFAR-10 augmented), filled in
+    # by default_lr_mult, which the experiment config's __post_init__ calls.
+    lr_mult: float | None = None  # the coefficients' learning rate is lr x lr_mult; null: the experiment's default
 
     def __post_init__(self):
         check(all(1 <= d <= MAX_DEGREE for d in self.degrees), "degrees", f"two integers from 1 to {MAX_DEGREE}", list(self.degrees))

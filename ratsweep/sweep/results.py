@@ -26,7 +26,8 @@ from .. import config as cfg
 from .. import registry
 from . import paper
 from .space import UserError
-from .tracking import PLAN_FILE, TAG_KIND, TAG_PARENT, TAG_REPORT, client
+from . import tracking
+from .tracking import PLAN_FILE, TAG_KIND, TAG_PARENT, TAG_REPORT
 
 
 class NotFound(UserError):
@@ -68,6 +69,7 @@ class Sweep:
     sweep_run_ids: list[str]  # newest first
     report: dict[str, Any]  # the newest sweep run's report layout from its search space ({} if none)
     plan: dict[str, Any] = field(default_factory=dict)  # the newest sweep run's tracking.sweep_plan ({} if none)
+    superseded: int = 0  # runs left out: their config ran again later (load_sweep's all_runs)
 
     def ranked(self) -> list[TrialRun]:
         """Finished trials with the metric, best first."""
@@ -75,24 +77,29 @@ class Sweep:
         return sorted(done, key=lambda r: r.metrics[self.metric], reverse=self.mode == "max")
 
 
-def _parse(value: str):
-    try:
-        return yaml.safe_load(value)
-    except yaml.YAMLError:
-        return value
+def _typed(config_class: type | None, key: str, text: str):
+    """A param back in its config field's type (lists for tuples, as YAML writes them)."""
+    if config_class is None or key not in cfg.keys(config_class):
+        return cfg._yaml(text)
+    value = cfg.from_text(cfg.annotation_of(config_class, key), text, key)
+    return list(value) if isinstance(value, tuple) else value
 
 
-def load_sweep(uri: str, name: str) -> Sweep:
-    mlflow_client = client(uri)
+def load_sweep(uri: str, name: str, include_smoke: bool = False, all_runs: bool = False) -> Sweep:
+    """A sweep's trial runs: without `include_smoke`, none of its --smoke invocations; without
+    `all_runs`, a config that ran more than once (the same sweep run again) counts once, by its latest
+    finished run (its latest run if none finished)."""
+    mlflow_client = tracking.reader(uri)
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is None:
         known = [e.name for e in mlflow_client.search_experiments() if "ratsweep.metric" in e.tags]
         raise NotFound(f"{name}: {registry.unknown('sweep', name, known).args[0]} (in {uri})")
     tags = experiment.tags
     try:
-        keys = set(cfg.keys(registry.get_experiment(tags["ratsweep.experiment"]).config))
+        config_class = registry.get_experiment(tags["ratsweep.experiment"]).config
+        keys = set(cfg.keys(config_class))
     except KeyError:  # the experiment's plugin is not installed here: every param is config
-        keys = None
+        config_class, keys = None, None
     runs, sweeps = [], []
     for run in _all_runs(mlflow_client, experiment.experiment_id):
         kind = run.data.tags.get(TAG_KIND)
@@ -101,7 +108,7 @@ def load_sweep(uri: str, name: str) -> Sweep:
             continue
         if kind != "trial":
             continue
-        params = {k: _parse(v) for k, v in run.data.params.items()}
+        params = {k: _typed(config_class, k, v) for k, v in run.data.params.items()}
         end = run.info.end_time
         runs.append(
             TrialRun(
@@ -119,10 +126,33 @@ def load_sweep(uri: str, name: str) -> Sweep:
             )
         )
     sweeps.sort(key=lambda r: r.info.start_time, reverse=True)
+    if not include_smoke:
+        smoke = {s.info.run_id for s in sweeps if s.data.tags.get("ratsweep.smoke") == "True"}
+        if runs and all(r.sweep in smoke for r in runs):
+            raise NotFound(f"{name}: it has only --smoke runs so far; --include-smoke shows them")
+        runs = [r for r in runs if r.sweep not in smoke]
+        sweeps = [s for s in sweeps if s.info.run_id not in smoke]
+    superseded = 0
+    if not all_runs:
+        latest = latest_per_config(runs)
+        runs, superseded = latest, len(runs) - len(latest)
     report = json.loads(sweeps[0].data.tags.get(TAG_REPORT, "{}")) if sweeps else {}
     plan = _plan(mlflow_client, sweeps[0].info.run_id) if sweeps else {}
     return Sweep(name, tags.get("ratsweep.experiment", "?"), tags["ratsweep.metric"], tags["ratsweep.mode"], runs,
-                 mlflow_client, [r.info.run_id for r in sweeps], report, plan)
+                 mlflow_client, [r.info.run_id for r in sweeps], report, plan, superseded)
+
+
+def latest_per_config(runs: list[TrialRun]) -> list[TrialRun]:
+    """One run per distinct config: the latest finished one, else the latest."""
+    def rank(run: TrialRun) -> tuple:
+        return (run.status == "FINISHED", run.span[1] if run.span else 0)
+
+    chosen: dict[str, TrialRun] = {}
+    for run in runs:
+        key = json.dumps(run.config, sort_keys=True, default=str)
+        if key not in chosen or rank(run) > rank(chosen[key]):
+            chosen[key] = run
+    return list(chosen.values())
 
 
 def _plan(mlflow_client: MlflowClient, run_id: str) -> dict[str, Any]:
@@ -217,6 +247,19 @@ class Group:
         """"5", "4, 1 diverged", "3, 1 failed, 1 missing": finished runs, then the others."""
         others = [f"{self.count(o)} {o}" for o in OUTCOMES if self.count(o)]
         return ", ".join([str(len(self.finished)), *others])
+
+
+def check_layout(sweep: Sweep, layout: Layout) -> None:
+    """Every key the layout names is a config key of the sweep's experiment (else one line, with a
+    did-you-mean)."""
+    try:
+        known = cfg.keys(registry.get_experiment(sweep.experiment).config)
+    except KeyError:  # its plugin is not installed here: the keys its runs have
+        known = list(dict.fromkeys(k for r in sweep.runs for k in r.config))
+    for option, keys in (("--group-by", layout.rows), ("--columns", [layout.columns]), ("--best-of", [layout.best_of])):
+        for key in keys:
+            if key is not None and key not in known:
+                raise UserError(f"{option}: unknown key {key!r}{cfg.did_you_mean(key, known)}; expected one of {', '.join(known)}")
 
 
 def default_group_by(sweep: Sweep) -> list[str]:
@@ -419,6 +462,12 @@ def _minutes_note(sweep: Sweep) -> str:
     return note
 
 
+def _superseded_note(sweep: Sweep) -> str:
+    if not sweep.superseded:
+        return ""
+    return f"; {sweep.superseded} earlier runs of configs that ran again are left out (--all-runs counts them)"
+
+
 def _failed_as_note(layout: Layout, failed_as: float | None) -> str:
     if failed_as is None:
         return "diverged, failed and missing seeds are counted, not averaged"
@@ -472,7 +521,7 @@ def table(sweep: Sweep, layout: Layout, fmt: str, failed_as: float | None = None
     unit = " x 100" if layout.percent else ""
     lines = [f"{sweep.name}: {sweep.metric}{unit} ({sweep.mode}), mean ± std over seeds (finished, then diverged, "
              f"failed, missing); best{scope} in bold, second best in italics",
-             f"{_failed_as_note(layout, failed_as)}; {_minutes_note(sweep)}", "",
+             f"{_failed_as_note(layout, failed_as)}; {_minutes_note(sweep)}{_superseded_note(sweep)}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(layout.rows) + "---:|" * (len(columns) + 1)]
     for cells_ in body:
         rendered = [x if isinstance(x, str) else style[x[1]] % x[0] for x in cells_]

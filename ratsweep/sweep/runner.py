@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import math
 import os
+import shlex
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +19,7 @@ from ray import tune
 
 from .. import registry
 from . import search, tracking
-from .space import Space, SpaceError
+from .space import Space, SpaceError, UserError
 from .trainable import make_trainable
 
 SWEEP_FILE = "ratsweep_sweep.json"  # in the Tune experiment folder: what --resume needs to continue
@@ -30,6 +34,7 @@ class RunOptions:
     address: str | None = None
     resume: bool = False
     max_concurrent: int | None = None
+    flush_denormal: bool = True  # CPU trials flush subnormal floats (see trainable.make_trainable)
 
 
 @dataclass
@@ -38,6 +43,51 @@ class SweepOutcome:
     path: str  # the Tune experiment folder
     tracking_uri: str
     rows: list[dict]  # one per trial: status, config, metric
+    interrupted: int | None = None  # the signal that stopped it (SIGINT, SIGTERM), if one did
+
+    def counts(self) -> dict[str, int]:
+        """Trials by outcome: finished, failed, diverged, interrupted, and (random/grid search, whose
+        trials are known up front) not started."""
+        out = {"finished": 0, "failed": 0, "diverged": 0, "interrupted": 0, "not started": 0}
+        for row in self.rows:
+            out[OUTCOME[row["status"]]] += 1
+        if self.space.search_alg["type"] in ("random", "grid"):
+            out["not started"] = max(len(self.space.trials()) - len(self.rows), 0)
+        return out
+
+
+OUTCOME = {"OK": "finished", "ERROR": "failed", "FAILED": "failed", "DIVERGED": "diverged", "INTERRUPTED": "interrupted"}
+
+
+class Signals:
+    """SIGINT and SIGTERM stop a sweep the way Tune's own SIGINT handler does (trials stopped, state
+    saved for --resume; Tune handles SIGUSR1 the same way, and we raise that), and the signal is
+    remembered: for the exit code (128 + signal) and to tell an interrupted sweep from a finished one,
+    which tuner.fit() does not. Outside tuner.fit(), or at a second signal, it is a KeyboardInterrupt."""
+
+    received: int | None = None
+    in_fit = False
+
+    @classmethod
+    def install(cls) -> None:
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours stands in for Tune's (it would hide the signal)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, cls._stop)
+
+    @classmethod
+    def _stop(cls, signum, frame) -> None:
+        first, cls.received = cls.received is None, signum
+        if cls.in_fit and first:
+            signal.raise_signal(signal.SIGUSR1)
+        else:
+            raise KeyboardInterrupt
+
+
+class _NoRestoreHint(logging.Filter):
+    """Tune's 'Resume experiment with: Tuner.restore(...)' is not how a ratsweep user resumes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "has been interrupted" not in record.getMessage()
 
 
 def init_ray(address: str | None) -> None:
@@ -68,6 +118,18 @@ def check_cluster(space: Space, smoke: bool = False) -> None:
             raise SpaceError(f"{space.path}: resources.{name}: expected {what}, got {need:g}")
 
 
+def check_storage(storage: str) -> None:
+    """--storage is a folder this driver can write (created if need be), or one line before Ray starts."""
+    path = Path(storage).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".ratsweep-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--storage: {storage}: expected a folder this machine can write ({e.strerror or e})") from None
+
+
 def check_data(space: Space, data_dir: str) -> None:
     """The experiment's registered datasets are under data_dir (DataError saying how to get them)."""
     for name in registry.get_experiment(space.experiment).datasets:
@@ -76,7 +138,7 @@ def check_data(space: Space, data_dir: str) -> None:
 
 def latest_sweep(storage: Path, name: str) -> Path | None:
     """The newest restorable Tune experiment folder of this sweep name."""
-    candidates = sorted(storage.glob(f"{name}-*/{SWEEP_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = sorted(storage.glob(f"{glob.escape(name)}-*/{SWEEP_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True)
     for marker in candidates:
         if tune.Tuner.can_restore(str(marker.parent)):
             return marker.parent
@@ -107,9 +169,9 @@ def repair_tune_state(experiment: Path) -> list[str]:
     # experiment_state-*, search_gen_state-*, searcher-state-*, basic-variant-state-* (tuner.pkl is
     # written once, before any trial)
     for path in sorted(experiment.glob("*-state-*.*")) + sorted(experiment.glob("*_state-*.json")):
-        if not path.exists() or _intact(path):
+        if path.name.startswith(".") or not path.exists() or _intact(path):  # .<uuid>-tmp-*: Tune's own temp files
             continue
-        staged = sorted(ray_temp.glob(f"session_*/artifacts/*/{experiment.name}/driver_artifacts/{path.name}"),
+        staged = sorted(ray_temp.glob(f"session_*/artifacts/*/{glob.escape(experiment.name)}/driver_artifacts/{path.name}"),
                         key=lambda p: p.stat().st_mtime, reverse=True)
         original = next((p for p in staged if _intact(p)), None)
         if original is None:
@@ -123,7 +185,7 @@ def repair_tune_state(experiment: Path) -> list[str]:
 def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
     uri = tracking.tracking_uri(options.tracking_uri)
     storage = Path(options.storage).expanduser().resolve()
-    trainable = make_trainable(space, options.smoke, options.data_dir)
+    trainable = make_trainable(space, options.smoke, options.data_dir, options.flush_denormal)
     previous = latest_sweep(storage, space.name) if options.resume else None
     if previous is not None:
         marker = json.loads((previous / SWEEP_FILE).read_text())
@@ -145,13 +207,21 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
         tuner = _new_tuner(space, options, trainable, storage, sweep_id, tracking.MlflowTracking(uri, experiment_id, parent, space))
         path.mkdir(parents=True, exist_ok=True)
         (path / SWEEP_FILE).write_text(json.dumps({"parent_run_id": parent, "tracking_uri": uri, "space": space.path}))
+    tune_log = logging.getLogger("ray.tune.tune")
+    hint = _NoRestoreHint()
+    tune_log.addFilter(hint)
+    Signals.in_fit = True
     try:
         results = tuner.fit()
-    except BaseException as e:  # the sweep run must not stay RUNNING; --resume reopens it
+    except BaseException as e:  # no run may stay RUNNING; --resume reopens them
         tracking.finish_sweep_run(uri, parent, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
-    tracking.finish_sweep_run(uri, parent, "FINISHED")
-    return SweepOutcome(space, str(path), uri, _rows(space, results))
+    finally:
+        Signals.in_fit = False
+        tune_log.removeFilter(hint)
+    interrupted = Signals.received
+    tracking.finish_sweep_run(uri, parent, "KILLED" if interrupted else "FINISHED")
+    return SweepOutcome(space, str(path), uri, _rows(space, results), interrupted)
 
 
 def _new_tuner(space: Space, options: RunOptions, trainable, storage: Path, sweep_id: str, callback) -> tune.Tuner:
@@ -187,8 +257,13 @@ def _rows(space: Space, results) -> list[dict]:
     for result in results:
         metrics = result.metrics or {}
         value = metrics.get(space.metric)
-        failure = (metrics.get("ratsweep") or {}).get("failure")
-        status = "ERROR" if result.error else ("FAILED" if failure else "OK")
+        failure = (metrics.get("ratsweep") or {}).get("failure") or ""
+        if result.error:
+            status = "ERROR"
+        elif not metrics.get("done"):  # Tune marks a trial's last result done when its function returned
+            status = "INTERRUPTED"
+        else:
+            status = "DIVERGED" if failure.startswith("diverged") else "FAILED" if failure else "OK"
         config = space.active(result.config or {})
         rows.append({"status": status, "config": config, "value": value, "iterations": metrics.get("training_iteration")})
     sign = 1 if space.mode == "min" else -1
@@ -213,8 +288,10 @@ def print_summary(outcome: SweepOutcome) -> None:
     widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(header)]
     for row in [header, *table]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+    counts = outcome.counts()
+    print(f"{space.name}: " + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what == "finished"))
     print(f"Tune results: {outcome.path}")
-    print(f"Best configs: ratsweep best {space.name} --tracking-uri {outcome.tracking_uri}")
+    print(f"Best configs: {shlex.join(['ratsweep', 'best', space.name, '--tracking-uri', outcome.tracking_uri])}")
     print(f"MLflow UI:    {tracking.open_ui_command(outcome.tracking_uri)}")
 
 

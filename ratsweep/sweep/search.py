@@ -2,9 +2,10 @@
 
 random / grid: the distinct trial configs are expanded here (Space.trials) and given to Tune's
 BasicVariantGenerator as points to evaluate, one trial each, so keys that do not apply never
-multiply trials (Tune fills a point's missing keys from their domains; they do not apply and are
-dropped again before the experiment sees the config). This path also serves PBT, which refuses
-model-based searchers.
+multiply trials. A point holds every searched key, None where it does not apply: Tune would fill a
+missing key from its domain, and its progress table would show a value the trial never uses (the
+domains stay in the param space, which names the table's columns). This path also serves PBT,
+which refuses model-based searchers.
 optuna / hyperopt: Tune's own searchers over the same domains, wrapped in `DistinctSearcher`, which
 strips keys that do not apply and never starts a config that already ran.
 """
@@ -82,7 +83,7 @@ def search_algorithm(space: Space, max_concurrent: int | None) -> tuple[SearchAl
     """(search algorithm, param_space, num_samples) for the Tuner."""
     kind, seed = space.search_alg["type"], space.search_alg.get("seed", 0)
     if kind in ("random", "grid"):
-        trials = [{k: encode(v) for k, v in trial.items()} for trial in space.trials()]
+        trials = [{k: encode(trial.get(k)) for k in space.search_space} for trial in space.trials()]
         domains = {key: tune_domain(domain) for key, domain in space.search_space.items()}
         return BasicVariantGenerator(points_to_evaluate=trials, max_concurrent=max_concurrent or 0, random_state=seed), domains, len(trials)
     domains = {key: tune_domain(domain) for key, domain in space.search_space.items()}

@@ -7,8 +7,11 @@ until every document of the file is valid.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,9 @@ SCHEDULERS = {
     "pbt": {"perturbation_interval": int, "quantile_fraction": float, "mutate": list},
 }
 SEARCH_ALGS = ("random", "grid", "optuna", "hyperopt")
+# More trials than this are refused unless asked for (--max-trials): a grid that size is usually a
+# typo, and expanding it costs memory and time before anything runs.
+MAX_TRIALS = 10_000
 TOP_LEVEL = (
     "version", "name", "experiment", "metric", "num_samples", "resources", "scheduler", "search_alg",
     "max_failures", "config", "search_space", "report",
@@ -38,7 +44,7 @@ class UserError(ValueError):
 
 
 class SpaceError(UserError):
-    """A search-space file is invalid; the message is one line: file, key, what was expected."""
+    """A search-space file is invalid; the message is one line per mistake: file, key, what was expected."""
 
 
 def encode(value):
@@ -108,6 +114,14 @@ class Space:
         merged = {**self.config, **values}
         return {k: v for k, v in values.items() if cfg.applies(self.config_class, k, merged)}
 
+    def trial_bound(self) -> int:
+        """At most how many trials the sweep runs, counted without expanding them: every grid point
+        times num_samples (fewer run where keys that do not apply make configs repeat), or
+        num_samples for a model-based searcher."""
+        if self.search_alg["type"] not in ("random", "grid"):
+            return self.num_samples
+        return math.prod(len(d.values) for d in self.search_space.values() if not d.sampled) * self.num_samples
+
     def trials(self) -> list[dict[str, Any]]:
         """The distinct trial configs of the random/grid search: every grid point times num_samples
         samples of the other domains, keeping only keys that apply, each distinct config once."""
@@ -155,18 +169,33 @@ def resolve(space: str) -> Path:
     raise SpaceError(f"{space}: no such file, and {hint}")
 
 
-def load(space: str, overrides: dict[str, Any] | None = None) -> list[Space]:
-    """Every sweep in the file (path or bundled name), validated; overrides ("--set") apply to each."""
+def load(space: str, overrides: dict[str, Any] | None = None, smoke: bool = False, max_trials: int | None = None) -> list[Space]:
+    """Every sweep in the file (path or bundled name), validated; overrides ("--set") apply to each,
+    after the experiment's registered smoke values when `smoke`; more than `max_trials` trials
+    (default MAX_TRIALS) is an error."""
     path = resolve(space)
     try:
-        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        documents = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+    except UnicodeDecodeError as e:
+        raise SpaceError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the file as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise SpaceError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     if not documents:
         raise SpaceError(f"{path}: empty file; expected a search space (see README: Search spaces)")
-    return [_parse(path, doc, overrides or {}) for doc in documents]
+    errors, spaces = _Errors(), []
+    limit = max_trials or MAX_TRIALS
+    for doc in documents:  # every document's mistakes, not just the first one's
+        with errors.check():
+            space = _parse(path, doc, overrides or {}, smoke)
+            bound = space.trial_bound()
+            if bound > limit:
+                raise SpaceError(f"{path}: {space.name}: up to {bound:,} trials, more than the limit of {limit:,}; "
+                                 f"pass --max-trials {bound} to run it anyway")
+            spaces.append(space)
+    errors.raise_any()
+    return spaces
 
 
 def _fail(path: Path, key: str, message: str):
@@ -182,36 +211,123 @@ def _mapping(path, key, value) -> dict:
 def _number(path, key, value, kind=float, minimum=None, exclusive=False):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         _fail(path, key, f"expected {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        _fail(path, key, f"expected a finite number, got {value!r}")
     if minimum is not None and (value <= minimum if exclusive else value < minimum):
         _fail(path, key, f"expected a number {'>' if exclusive else '>='} {minimum}, got {value!r}")
     return kind(value)
 
 
-def _parse(path: Path, doc, overrides: dict[str, Any]) -> Space:
+class _Errors:
+    """Collects the one-line SpaceErrors of independent checks, so a file's every mistake is told at once."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    @contextlib.contextmanager
+    def check(self) -> Iterator[None]:
+        try:
+            yield
+        except SpaceError as e:
+            self.lines.append(str(e))
+
+    def raise_any(self) -> None:
+        if self.lines:
+            raise SpaceError("\n".join(dict.fromkeys(self.lines)))
+
+
+def _parse(path: Path, doc, overrides: dict[str, Any], smoke: bool = False) -> Space:
+    """One document as a Space; SpaceError with every mistake found, one line each."""
+    errors = _Errors()
     doc = _mapping(path, "(top level)", doc)
     for key in doc:
-        if key not in TOP_LEVEL:
-            _fail(path, key, f"unknown key{cfg.did_you_mean(key, TOP_LEVEL)}; expected one of {', '.join(TOP_LEVEL)}")
-    version = doc.get("version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
-        _fail(path, "version", f"expected {SCHEMA_VERSION} (this ratsweep's schema), got {version!r}")
+        with errors.check():
+            if key not in TOP_LEVEL:
+                _fail(path, key, f"unknown key{cfg.did_you_mean(key, TOP_LEVEL)}; expected one of {', '.join(TOP_LEVEL)}")
+    with errors.check():
+        version = doc.get("version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            _fail(path, "version", f"expected {SCHEMA_VERSION} (this ratsweep's schema), got {version!r}")
     for key in ("name", "experiment", "metric"):
-        if key not in doc:
-            _fail(path, key, "missing; every search space names its sweep, experiment and metric")
-    if not isinstance(doc["name"], str) or not doc["name"].strip():
-        _fail(path, "name", f"expected a non-empty string (the MLflow experiment name), got {doc['name']!r}")
-    try:
-        experiment = registry.get_experiment(str(doc["experiment"]))
-    except KeyError as e:
-        _fail(path, "experiment", e.args[0])
-    metric = _mapping(path, "metric", doc["metric"])
-    if not isinstance(metric.get("name"), str) or metric.get("mode") not in ("min", "max"):
-        _fail(path, "metric", f"expected {{name: <metric>, mode: min | max}}, got {metric!r}")
-    if experiment.metrics and metric["name"] not in experiment.metrics:
-        _fail(path, "metric.name", f"expected one of {', '.join(experiment.metrics)} (what {experiment.name} reports), "
-              f"got {metric['name']!r}{cfg.did_you_mean(metric['name'], experiment.metrics)}")
+        with errors.check():
+            if key not in doc:
+                _fail(path, key, "missing; every search space names its sweep, experiment and metric")
+    with errors.check():
+        if "name" in doc and (not isinstance(doc["name"], str) or not doc["name"].strip()):
+            _fail(path, "name", f"expected a non-empty string (the MLflow experiment name), got {doc['name']!r}")
+    experiment = None
+    with errors.check():
+        if "experiment" in doc:
+            try:
+                experiment = registry.get_experiment(str(doc["experiment"]))
+            except KeyError as e:
+                _fail(path, "experiment", e.args[0])
+    if experiment is None or "metric" not in doc:  # everything below is checked against them
+        errors.raise_any()
+    metric = {"name": None, "mode": "max"}
+    with errors.check():
+        metric = _mapping(path, "metric", doc["metric"])
+        if not isinstance(metric.get("name"), str) or metric.get("mode") not in ("min", "max"):
+            _fail(path, "metric", f"expected {{name: <metric>, mode: min | max}}, got {metric!r}")
+        if experiment.metrics and metric["name"] not in experiment.metrics:
+            _fail(path, "metric.name", f"expected one of {', '.join(experiment.metrics)} (what {experiment.name} reports), "
+                  f"got {metric['name']!r}{cfg.did_you_mean(metric['name'], experiment.metrics)}")
+        better = experiment.modes.get(metric["name"])
+        if better and metric["mode"] != better:
+            _fail(path, "metric.mode", f"expected {better} for {metric['name']} (lower is better for a loss, higher for "
+                  f"an accuracy), got {metric['mode']!r}")
 
-    resources = _mapping(path, "resources", doc.get("resources", {}))
+    space = Space(path=str(path), name=doc.get("name"), experiment=experiment.name, metric=metric.get("name"),
+                  mode=metric.get("mode"), document=doc)
+    with errors.check():
+        space.resources = _resources(path, doc.get("resources", {}))
+    with errors.check():
+        space.num_samples = _number(path, "num_samples", doc.get("num_samples", 1), int, minimum=1)
+    with errors.check():
+        space.scheduler = _scheduler(path, doc.get("scheduler", {"type": "fifo"}))
+    with errors.check():
+        space.search_alg = _search_alg(path, doc.get("search_alg", {"type": "random"}))
+    with errors.check():
+        space.max_failures = _number(path, "max_failures", doc.get("max_failures", 2), int, minimum=0)
+    fixed: dict[str, Any] = {}
+    searched: dict[str, Any] = {}
+    with errors.check():
+        fixed = _flat(_mapping(path, "config", doc.get("config") or {}))
+    with errors.check():
+        searched = dict(_mapping(path, "search_space", doc.get("search_space") or {}))
+    if smoke:  # what the run will do, so the trials' params say so
+        overrides = {**experiment.smoke, **overrides}
+    for key, value in overrides.items():  # --set replaces a searched key by a constant
+        searched.pop(key, None)
+        fixed[key] = value
+    cls = experiment.config
+    for key, value in fixed.items():
+        with errors.check():
+            _check_values(path, cls, f"config.{key}", key, [value])
+    for key, raw in searched.items():
+        with errors.check():
+            domain = _domain(path, cls, key, raw)
+            if domain is None:
+                fixed[key] = raw
+            else:
+                space.search_space[key] = domain
+    space.config = fixed
+    with errors.check():
+        space.report = _report(path, experiment, space.metric, doc.get("report") or {})
+    with errors.check():
+        _check_pbt(path, space)
+    if not errors.lines:  # the fixed values together (e.g. cross-field checks)
+        with errors.check():
+            try:
+                space.build_config({})
+            except cfg.ConfigError as e:
+                _fail(path, f"config.{e.key}", str(e).split(": ", 1)[1])
+    errors.raise_any()
+    return space
+
+
+def _resources(path, raw) -> dict[str, float]:
+    resources = _mapping(path, "resources", raw)
     for key in resources:
         if key not in ("cpu", "gpu"):
             _fail(path, f"resources.{key}", "unknown key; expected cpu or gpu")
@@ -219,49 +335,19 @@ def _parse(path: Path, doc, overrides: dict[str, Any]) -> Space:
     gpu = _number(path, "resources.gpu", resources.get("gpu", 0), minimum=0)
     if gpu > 1 and gpu != int(gpu):
         _fail(path, "resources.gpu", f"expected a fraction <= 1 or a whole number of GPUs, got {gpu!r}")
+    return {"cpu": cpu, "gpu": gpu}
 
-    space = Space(
-        path=str(path),
-        name=doc["name"],
-        experiment=experiment.name,
-        metric=metric["name"],
-        mode=metric["mode"],
-        num_samples=_number(path, "num_samples", doc.get("num_samples", 1), int, minimum=1),
-        resources={"cpu": cpu, "gpu": gpu},
-        scheduler=_scheduler(path, doc.get("scheduler", {"type": "fifo"})),
-        search_alg=_search_alg(path, doc.get("search_alg", {"type": "random"})),
-        max_failures=_number(path, "max_failures", doc.get("max_failures", 2), int, minimum=0),
-        document=doc,
-    )
-    fixed = _flat(_mapping(path, "config", doc.get("config") or {}))
-    searched = dict(_mapping(path, "search_space", doc.get("search_space") or {}))
-    for key, value in overrides.items():  # --set replaces a searched key by a constant
-        searched.pop(key, None)
-        fixed[key] = value
-    cls = experiment.config
-    for key, value in fixed.items():
-        _check_values(path, cls, f"config.{key}", key, [value])
-    for key, raw in searched.items():
-        domain = _domain(path, cls, key, raw)
-        if domain is None:
-            fixed[key] = raw
-        else:
-            space.search_space[key] = domain
-    space.config = fixed
-    space.report = _report(path, experiment, space.metric, doc.get("report") or {})
-    if space.scheduler["type"] == "pbt":
-        if space.search_alg["type"] not in ("random", "grid"):
-            _fail(path, "search_alg.type", f"expected random or grid with the pbt scheduler (it picks configs itself), got {space.search_alg['type']!r}")
-        for key in space.scheduler.setdefault("mutate", [k for k, d in space.search_space.items() if d.sampled]):
-            if key not in space.search_space:
-                _fail(path, "scheduler.mutate", f"{key!r} is not a key of search_space")
-        if not space.scheduler["mutate"]:
-            _fail(path, "scheduler.mutate", "pbt needs at least one sampled (non-grid) search_space key to mutate")
-    try:
-        space.build_config({})  # the fixed values together (e.g. cross-field checks)
-    except cfg.ConfigError as e:
-        _fail(path, f"config.{e.key}", str(e).split(": ", 1)[1])
-    return space
+
+def _check_pbt(path, space: Space) -> None:
+    if space.scheduler["type"] != "pbt":
+        return
+    if space.search_alg["type"] not in ("random", "grid"):
+        _fail(path, "search_alg.type", f"expected random or grid with the pbt scheduler (it picks configs itself), got {space.search_alg['type']!r}")
+    for key in space.scheduler.setdefault("mutate", [k for k, d in space.search_space.items() if d.sampled]):
+        if key not in space.search_space:
+            _fail(path, "scheduler.mutate", f"{key!r} is not a key of search_space")
+    if not space.scheduler["mutate"]:
+        _fail(path, "scheduler.mutate", "pbt needs at least one sampled (non-grid) search_space key to mutate")
 
 
 def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -8,10 +8,14 @@ its run instead of opening a second one.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import json
 import math
 import os
+import shlex
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from .. import config as cfg
+from .. import registry
 from .space import Space, UserError
 from .trainable import ARTIFACTS, RESULT_KEY
 
@@ -49,18 +54,56 @@ def tracking_uri(explicit: str | None = None) -> str:
     return uri if db is None or db.is_absolute() else f"sqlite:///{os.path.abspath(db)}"
 
 
+# The start-up check gives a server this long, once, instead of MLflow's minutes of retries.
+CHECK_TIMEOUT_S, CHECK_RETRIES = 5, 0
+
+
+@contextlib.contextmanager
+def _quick_requests():
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_TIMEOUT=str(CHECK_TIMEOUT_S), MLFLOW_HTTP_REQUEST_MAX_RETRIES=str(CHECK_RETRIES))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _probe(uri: str) -> None:
+    """One quick query of the store, or a one-line UserError with MLflow's reason."""
+    try:
+        with _quick_requests():
+            client(uri).search_experiments(max_results=1)
+    except Exception as e:  # MLflow raises several types for bad schemes, unreachable servers, auth, bad files
+        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise UserError(f"--tracking-uri: cannot use MLflow store {uri!r}: {reason[:300]}") from None
+
+
 def check_store(uri: str) -> None:
-    """Fail in one line, before Ray starts, if the tracking store cannot be used."""
+    """Fail in one line, before Ray starts, if the tracking store cannot be written."""
     db = sqlite_file(uri)
     if db is not None:
         folder = db.parent
         if not (folder.is_dir() and os.access(folder, os.W_OK)):
             raise UserError(f"--tracking-uri: {uri}: expected a writable folder for the database, {folder} is not one")
-        return
-    try:
-        client(uri).search_experiments(max_results=1)
-    except Exception as e:  # MLflow raises several types for bad schemes, unreachable servers, auth
-        raise UserError(f"--tracking-uri: cannot use MLflow store {uri!r}: {str(e).strip().splitlines()[0]}") from None
+        if not db.exists():
+            return  # MLflow creates it at the first write
+        if not (db.is_file() and os.access(db, os.W_OK)):
+            raise UserError(f"--tracking-uri: {uri}: expected a writable SQLite file, {db} is not one")
+    _probe(uri)
+
+
+def reader(uri: str) -> MlflowClient:
+    """A client for queries (best, report): it never creates a store, and an unusable one is one line."""
+    db = sqlite_file(uri)
+    if db is not None and not db.is_file():
+        raise UserError(f"--tracking-uri: no MLflow database at {db} (no sweep has run here; "
+                        "pass --tracking-uri or set MLFLOW_TRACKING_URI)")
+    _probe(uri)
+    return client(uri)
 
 
 def artifact_root(uri: str) -> str | None:
@@ -85,12 +128,38 @@ def ensure_experiment(mlflow_client: MlflowClient, name: str, uri: str, space: S
     )
 
 
-def git_commit() -> str | None:
+def git_commit(file: str | None = None) -> str | None:
+    """The commit of the working directory's checkout; with `file`, of the checkout that tracks that
+    file (None for an installed copy, even inside another checkout's ignored .venv)."""
+    where = ["-C", str(Path(file).parent)] if file else []
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if file and subprocess.run(["git", *where, "ls-files", "--error-unmatch", Path(file).name],
+                                   capture_output=True, timeout=5).returncode:
+            return None
+        out = subprocess.run(["git", *where, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance(space: Space) -> dict[str, str]:
+    """Tags naming the distributions that provide the sweep's experiment and the architectures it
+    names, with their versions, and the git commit of any that runs from a checkout (a plugin under
+    development): `ratsweep.provider.<distribution>` and `...<distribution>.commit`."""
+    experiment = registry.get_experiment(space.experiment)
+    named = {str(v) for v in space.config.values()} | {str(v) for d in space.search_space.values() for v in d.values}
+    modules = {experiment.source} | {a.source for name, a in registry.architectures().items() if name in named}
+    tags = {}
+    for module in sorted(modules):
+        dist = registry.distribution(module)
+        if dist is None:
+            continue
+        tags[f"ratsweep.provider.{dist}"] = importlib.metadata.version(dist)
+        file = getattr(sys.modules.get(module), "__file__", None)
+        commit = git_commit(file) if file else None
+        if commit:
+            tags[f"ratsweep.provider.{dist}.commit"] = commit
+    return tags
 
 
 def sweep_plan(space: Space) -> dict[str, Any]:
@@ -116,6 +185,7 @@ def start_sweep_run(mlflow_client: MlflowClient, experiment_id: str, space: Spac
     }
     if space.report:
         tags[TAG_REPORT] = json.dumps(space.report)
+    tags |= provenance(space)
     commit = git_commit()
     if commit:
         tags["git.commit"] = commit
@@ -154,6 +224,7 @@ class MlflowTracking(Callback):
         self._failures: dict[str, str] = {}
         self._configs: dict[str, dict] = {}  # the applicable config each run was started with
         self.commit = git_commit()  # of the driver's code, which the trials run
+        self.provenance = provenance(space)
 
     def __getstate__(self):  # pickled with the Tuner for restore: no live client
         return {**self.__dict__, "_client": None}
@@ -183,6 +254,7 @@ class MlflowTracking(Callback):
                     "ratsweep.searched": ",".join(sorted(self.space.active(trial.config)))}
             if self.commit:
                 tags["git.commit"] = self.commit
+            tags |= self.provenance
             run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
             self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()])
         self._runs[trial.trial_id] = run_id
@@ -197,8 +269,9 @@ class MlflowTracking(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.run_id(trial)
         step, now = int(result.get("training_iteration", 0)), int(time.time() * 1000)
-        metrics = [Metric(k, v, now, step) for k, v in _numeric(result).items()]
         extra = result.get(RESULT_KEY) or {}
+        # an artifacts-only result repeats the last report's metrics: they are logged once
+        metrics = [] if extra.get("artifacts_only") else [Metric(k, v, now, step) for k, v in _numeric(result).items()]
         params = [Param(k, _param(v)) for k, v in (extra.get("params") or {}).items()]
         tags = [RunTag(k, str(v)) for k, v in (extra.get("tags") or {}).items()]
         config = self.space.active(trial.config)
@@ -252,12 +325,20 @@ def _param(value) -> str:
 
 
 def finish_sweep_run(uri: str, run_id: str, status: str) -> None:
-    client(uri).set_terminated(run_id, status)
+    """End the sweep's run, and any trial run of it still RUNNING (an interrupted or crashed driver):
+    KILLED, or FAILED with a failed sweep. `--resume` reopens them."""
+    mlflow_client = client(uri)
+    experiment_id = mlflow_client.get_run(run_id).info.experiment_id
+    open_runs = mlflow_client.search_runs(
+        [experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{run_id}' and attributes.status = 'RUNNING'", max_results=10_000)
+    for run in open_runs:
+        mlflow_client.set_terminated(run.info.run_id, "FAILED" if status == "FAILED" else "KILLED")
+    mlflow_client.set_terminated(run_id, status)
 
 
 def open_ui_command(uri: str) -> str:
     if sqlite_file(uri) is not None:
-        return f"mlflow ui --backend-store-uri {uri}"
+        return shlex.join(["mlflow", "ui", "--backend-store-uri", uri])
     return f"open {uri} in a browser (experiment runs are under the sweep's name)"
 
 

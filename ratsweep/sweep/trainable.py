@@ -26,7 +26,7 @@ from ..experiments.common import DataError, Diverged
 from ..rational import resolve_backend
 from .space import Space
 
-RESULT_KEY = "ratsweep"  # result[RESULT_KEY] = {"params": {...}, "tags": {...}, "failure": "..."}
+RESULT_KEY = "ratsweep"  # result[RESULT_KEY] = {"params": {...}, "tags": {...}, "failure": "...", "artifacts_only": True}
 STATE_FILE = "state.pt"
 ARTIFACTS = "artifacts"
 
@@ -53,30 +53,56 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
+class MissingMetric(RuntimeError):
+    """A report without the sweep's metric: the experiment does not report it (retrying cannot help)."""
+
+
+def _listing(directory: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `directory` with its size and modification time."""
+    return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns) for p in directory.rglob("*") if p.is_file()}
+
+
 class TuneSession:
     """The Session an experiment sees inside a Tune trial."""
 
-    def __init__(self, smoke: bool, data_dir: str, restored: dict | None, artifact_dir: Path):
+    def __init__(self, smoke: bool, data_dir: str, restored: dict | None, artifact_dir: Path, metric: str):
         self.smoke, self.data_dir, self.restored, self.artifact_dir = smoke, Path(data_dir), restored, artifact_dir
+        self.metric = metric
         self._pending: dict[str, Any] = {"params": {}, "tags": environment_tags()}
         self.last_metrics: dict[str, Any] = {}
+        self._last_state: dict | None = None
+        self._reported_files: dict[str, tuple[int, int]] = {}
 
     def log_params(self, **params):
         self._pending.setdefault("params", {}).update(params)
 
     def report(self, metrics, state=None, failure: str | None = None):
+        if self.metric not in metrics:
+            reported = ", ".join(sorted(metrics)) or "nothing"
+            raise MissingMetric(f"the experiment reported {reported} but not {self.metric!r}, the sweep's metric")
         self.last_metrics = dict(metrics)
-        result = dict(metrics)
         if failure:
             self._pending["failure"] = failure
+        self._send(dict(metrics), state)
+
+    def flush_artifacts(self) -> None:
+        """Files written to the artifact dir after the last report (plots saved at the end of `run`)
+        travel with one more result, flagged so that no metric is logged twice."""
+        if self.last_metrics and _listing(self.artifact_dir) != self._reported_files:
+            self._pending["artifacts_only"] = True
+            self._send(dict(self.last_metrics), self._last_state)
+
+    def _send(self, result: dict[str, Any], state: dict | None) -> None:
         if self._pending:
             result[RESULT_KEY], self._pending = self._pending, {}
+        self._last_state = state if state is not None else self._last_state
+        self._reported_files = _listing(self.artifact_dir)
         with tempfile.TemporaryDirectory(prefix="ratsweep-checkpoint-") as tmp:
-            if state is not None:
-                torch.save(state, os.path.join(tmp, STATE_FILE))
-            if any(self.artifact_dir.iterdir()):
+            if self._last_state is not None:
+                torch.save(self._last_state, os.path.join(tmp, STATE_FILE))
+            if self._reported_files:
                 shutil.copytree(self.artifact_dir, os.path.join(tmp, ARTIFACTS))
-            has_content = state is not None or os.path.isdir(os.path.join(tmp, ARTIFACTS))
+            has_content = self._last_state is not None or bool(self._reported_files)
             checkpoint = tune.Checkpoint.from_directory(tmp) if has_content else None
             tune.report(result, checkpoint=checkpoint)
 
@@ -92,8 +118,10 @@ def restored_state() -> dict | None:
         return torch.load(path, weights_only=False, map_location="cpu") if os.path.exists(path) else None
 
 
-def make_trainable(space: Space, smoke: bool, data_dir: str):
-    """The function Tune runs per trial: config in, reports out; divergence or missing data recorded, not retried."""
+def make_trainable(space: Space, smoke: bool, data_dir: str, flush_denormal: bool = True):
+    """The function Tune runs per trial: config in, reports out; divergence or missing data recorded,
+    not retried. With `flush_denormal`, CPU trials flush subnormal floats to zero: training that
+    drives values towards zero otherwise runs 3-20x slower on x86 (benchmarks/denormals.py)."""
     experiment_name, data_dir = space.experiment, os.path.abspath(data_dir)
 
     def trainable(trial_config: dict[str, Any]) -> None:
@@ -103,11 +131,13 @@ def make_trainable(space: Space, smoke: bool, data_dir: str):
 
         experiment = registry.get_experiment(experiment_name)
         config = space.build_config(trial_config)
+        torch.set_flush_denormal(flush_denormal)  # per worker process: CPU arithmetic only
         with tempfile.TemporaryDirectory(prefix="ratsweep-artifacts-") as artifacts:
-            session = TuneSession(smoke, data_dir, restored_state(), Path(artifacts))
+            session = TuneSession(smoke, data_dir, restored_state(), Path(artifacts), space.metric)
             try:
                 experiment.run(config, session)
-            except (Diverged, DataError) as e:
+                session.flush_artifacts()
+            except (Diverged, DataError, MissingMetric) as e:
                 # Deterministic: a retry would fail the same way. Record why and end the trial normally.
                 metrics = {**session.last_metrics, space.metric: float("nan")}
                 session.report(metrics, failure=f"diverged: {e}" if isinstance(e, Diverged) else str(e))

@@ -16,6 +16,8 @@ class ToyConfig:
     steps: int = 30
     fail: bool = False  # raise mid-run: a crashing trial must not take the sweep down
     diverge: bool = False  # NaN loss on the second report: recorded FAILED, not retried
+    report_as: str = "mse"  # the metric's name in reports: another name leaves the sweep's metric unreported
+    note: str = ""  # free text (a str default of "" must survive best --format yaml)
     seed: int = 0
 
 
@@ -36,8 +38,9 @@ def run(config: ToyConfig, session):
         if config.fail:
             raise RuntimeError("toy: asked to fail")
         check_finite(loss * float("nan") if config.diverge and step else loss, f"report {step}")
-        session.report({"mse": loss.item()})
-    return {"mse": loss.item()}
+        session.report({config.report_as: loss.item()})
+    (session.artifact_dir / "final.txt").write_text(f"mse {loss.item()}\n")  # after the last report
+    return {config.report_as: loss.item()}
 
 
 @register_architecture("digits_tiny", family="digits")
