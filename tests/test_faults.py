@@ -77,6 +77,15 @@ def test_validate_tells_every_mistake_of_every_document(tmp_path, capsys):
     assert "experiment: unknown experiment 'aprox' (did you mean 'approx'?)" in lines[3]
 
 
+def test_registered_names_get_a_suggestion(capsys):
+    code, _, err = cli_exit(capsys, "validate", "cifar10_table1", "--set", "model=vgg9")
+    assert code == 2 and "config.model: expected one of vgg4, vgg8 (architectures of family 'cifar'), got 'vgg9' (did you mean 'vgg8'?)" in err
+    code, _, err = cli_exit(capsys, "data", "cifar1O")
+    assert code == 2 and "did you mean 'cifar10'?" in err
+    code, _, err = cli_exit(capsys, "describe", "digts")
+    assert code == 2 and "did you mean 'digits'?" in err
+
+
 def test_non_finite_bounds_are_refused(tmp_path):
     (tmp_path / "inf.yaml").write_text("name: x\nexperiment: approx\nmetric: {name: mse, mode: min}\n"
                                        "search_space:\n  lr: {uniform: [0.1, .inf]}\n")
@@ -188,6 +197,36 @@ def test_describe_lists_every_key_metric_and_model(name, capsys):
         assert all(arch in out for arch in registry.architectures(experiment.family))
     if "rational.init" in listed:
         assert "activation = rational" in out.split("rational.init")[1].splitlines()[0]
+
+
+def test_a_checkout_is_named_by_its_commit_an_installed_copy_is_not(tmp_path):
+    import subprocess
+
+    repo = tmp_path / "plugin"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "tracked.py").write_text("")
+    (repo / "untracked.py").write_text("")  # as a package installed into an ignored .venv inside a checkout
+    subprocess.run([*git, "add", "tracked.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert tracking.git_commit(str(repo / "tracked.py")) == head
+    assert tracking.git_commit(str(repo / "untracked.py")) is None
+
+
+def test_tunes_points_leave_what_does_not_apply_empty(tmp_path):
+    """Tune's progress table shows a point's values: a ReLU trial must not show rational.degrees."""
+    from ratsweep.sweep import search
+
+    (tmp_path / "s.yaml").write_text("name: s\nexperiment: approx\nmetric: {name: mse, mode: min}\nsearch_space:\n"
+                                     "  activation: {grid: [relu, rational]}\n  rational.degrees: {grid: [[3, 2], [5, 4]]}\n")
+    [space] = load(str(tmp_path / "s.yaml"))
+    generator, param_space, count = search.search_algorithm(space, None)
+    points = generator._points_to_evaluate
+    assert count == 3 and set(param_space) == {"activation", "rational.degrees"}  # the table's columns
+    assert {"activation": "relu", "rational.degrees": None} in points
+    assert {"activation": "rational", "rational.degrees": "[5, 4]"} in points
 
 
 def test_local_session_keeps_what_was_reported_not_what_came_after():

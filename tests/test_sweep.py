@@ -236,6 +236,8 @@ def test_plugin_package_is_discovered_and_swept(tmp_path, plugin_env):
         else:
             assert run.info.status == "FINISHED" and not failure and len(client.get_metric_history(run.info.run_id, "mse")) == 2
             assert "final.txt" in artifacts(client, run)  # written after the last report, still attached
+        assert fail or run.data.params["denormals_flushed"] == "True"  # CPU trials flush subnormals by default
+        assert run.data.tags["ratsweep.provider.ratsweep-toy-plugin"] == "0.1.0"  # who provided the experiment
     unreported, _ = trial_runs(client, "toy_unreported")
     by_name = {r.data.params["report_as"]: r for r in unreported}
     assert by_name["mse"].info.status == "FINISHED"
@@ -272,30 +274,38 @@ def test_best_yaml_reruns_every_experiments_default_config(tmp_path, plugin_env)
         assert rerun.info.status == "FINISHED" and rerun.data.params == first.data.params
 
 
+# Six approx trials of a few seconds each, six reports per trial.
+SLOW_SPACE = """\
+name: {name}
+experiment: approx
+metric: {{name: max_abs_err, mode: min}}
+config: {{steps: 1200, report_every: 200, param_budget: 200}}
+search_space:
+  target: {{grid: [abs, step, sin]}}
+  activation: {{grid: [relu, rational]}}
+"""
+
+
+def wait_until_finished(client, cwd: Path, name: str, count: int, driver: subprocess.Popen) -> list:
+    """The sweep's trial runs once `count` of them have finished, the driver still running."""
+    deadline = time.time() + 240
+    while time.time() < deadline and driver.poll() is None:
+        time.sleep(1)
+        experiment = (cwd / "mlruns.db").exists() and client.get_experiment_by_name(name)
+        if experiment:
+            runs = client.search_runs([experiment.experiment_id], "tags.`ratsweep.kind` = 'trial'")
+            if sum(r.info.status == "FINISHED" for r in runs) >= count:
+                return runs
+    pytest.fail(f"the sweep did not finish {count} trials in time")
+
+
 def test_resume_after_killing_the_driver(tmp_path):
-    (tmp_path / "slow.yaml").write_text(textwrap.dedent("""\
-        name: resumable
-        experiment: approx
-        metric: {name: max_abs_err, mode: min}
-        config: {steps: 1200, report_every: 200, param_budget: 200}
-        search_space:
-          target: {grid: [abs, step, sin]}
-          activation: {grid: [relu, rational]}
-        """))
+    (tmp_path / "slow.yaml").write_text(SLOW_SPACE.format(name="resumable"))
     args = [sys.executable, "-m", "ratsweep", "run", "slow.yaml", "--max-concurrent", "1"]
     driver = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     client = mlflow_client(tmp_path)
-    deadline = time.time() + 240
     try:
-        while time.time() < deadline:
-            time.sleep(1)
-            experiment = (tmp_path / "mlruns.db").exists() and client.get_experiment_by_name("resumable")
-            if experiment:
-                runs = client.search_runs([experiment.experiment_id], "tags.`ratsweep.kind` = 'trial'")
-                if sum(r.info.status == "FINISHED" for r in runs) >= 2:
-                    break
-        else:
-            pytest.fail("the sweep did not finish two trials in time")
+        runs = wait_until_finished(client, tmp_path, "resumable", 2, driver)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-sweep
         driver.wait()
@@ -318,33 +328,14 @@ def test_resume_after_killing_the_driver(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupt_stops_the_invocation_closes_its_runs_and_says_how_to_resume(tmp_path, sig):
-    (tmp_path / "slow.yaml").write_text(textwrap.dedent("""\
-        name: interrupted
-        experiment: approx
-        metric: {name: max_abs_err, mode: min}
-        config: {steps: 1200, report_every: 200, param_budget: 200}
-        search_space:
-          target: {grid: [abs, step, sin]}
-          activation: {grid: [relu, rational]}
-        ---
-        name: never_reached
-        experiment: approx
-        metric: {name: mse, mode: min}
-        """))
+    next_sweep = "name: never_reached\nexperiment: approx\nmetric: {name: mse, mode: min}\n"
+    (tmp_path / "slow.yaml").write_text(SLOW_SPACE.format(name="interrupted") + "---\n" + next_sweep)
     args = [sys.executable, "-m", "ratsweep", "run", "slow.yaml", "--max-concurrent", "1"]
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
         driver = subprocess.Popen(args, cwd=tmp_path, stdout=out, stderr=err, start_new_session=True)
     client = mlflow_client(tmp_path)
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and driver.poll() is None:
-            time.sleep(1)
-            experiment = (tmp_path / "mlruns.db").exists() and client.get_experiment_by_name("interrupted")
-            if experiment and any(r.info.status == "FINISHED" for r in client.search_runs(
-                    [experiment.experiment_id], "tags.`ratsweep.kind` = 'trial'")):
-                break
-        else:
-            pytest.fail("the sweep did not finish a trial in time")
+        wait_until_finished(client, tmp_path, "interrupted", 1, driver)
         os.kill(driver.pid, sig)  # the driver alone, as a terminal's Ctrl-C or a scheduler's stop would
         code = driver.wait(timeout=180)
     finally:
@@ -363,7 +354,8 @@ def test_an_interrupt_stops_the_invocation_closes_its_runs_and_says_how_to_resum
     assert sweep.info.status == "KILLED" and not [r for r in runs if r.info.status == "RUNNING"]
     assert client.get_experiment_by_name("never_reached") is None
     if sig == signal.SIGINT:
-        ratsweep(tmp_path, "run", "slow.yaml", "--max-concurrent", "1", "--resume", timeout=600)
+        resumed = ratsweep(tmp_path, "run", "slow.yaml", "--max-concurrent", "1", "--resume", timeout=600).stdout
+        assert "interrupted: 6 finished\n" in resumed and "INTERRUPTED" not in resumed and "never_reached: 1 finished" in resumed
         runs, [sweep] = trial_runs(client, "interrupted")
         assert sweep.info.status == "FINISHED" and len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
         assert all({m.step for m in client.get_metric_history(r.info.run_id, "max_abs_err")} == set(range(1, 7)) for r in runs)

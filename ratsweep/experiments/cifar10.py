@@ -26,7 +26,7 @@ from torch import nn
 
 from ..config import check
 from ..rational import capture_inputs
-from ..registry import architectures, create_model, register_architecture, register_dataset, register_experiment
+from ..registry import create_model, register_architecture, register_dataset, register_experiment
 from .common import (
     FIXED_ACTIVATIONS,
     Activation,
@@ -36,6 +36,7 @@ from .common import (
     Session,
     activation_factory,
     check_finite,
+    check_model,
     checkpoint,
     evaluating,
     num_params,
@@ -58,6 +59,7 @@ STD = (0.2023, 0.1994, 0.2010)
 CROP_PADDING = 4
 SMOKE_TRAIN_IMAGES, SMOKE_TEST_IMAGES = 512, 256
 EVAL_BATCH = 1000
+FAMILY = "cifar"  # the architectures `model` can name
 GROUPS = 16  # GroupNorm's target group count, reduced until it divides the channels
 LSUV_IMAGES = 64  # the first images of the first (augmented) training batch
 # The authors' script built these in place. Numerically the same in training, but their LSUV hooks
@@ -104,8 +106,7 @@ class Cifar10Config:
 
     def __post_init__(self):
         self.rational.default_lr_mult(RECIPES[self.recipe].rational_lr_mult)
-        known = list(architectures("cifar"))
-        check(self.model in known, "model", "one of " + ", ".join(known), self.model)
+        check_model(self.model, FAMILY)
         check(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
         check(self.batch_size >= 2, "batch_size", "an integer >= 2", self.batch_size)
         check(self.lr > 0, "lr", "a number > 0", self.lr)
@@ -152,13 +153,13 @@ def vgg(blocks: tuple[tuple[int, int], ...], activation: Callable[[], nn.Module]
     ))  # fmt: skip
 
 
-@register_architecture("vgg4", family="cifar")
+@register_architecture("vgg4", family=FAMILY)
 def vgg4(activation: Callable[[], nn.Module], **kwargs) -> nn.Module:
     """VGG4: conv 64 | conv 128 | 2 x conv 256, Linear(4096, 10); 1,001,866 parameters."""
     return vgg(((1, 64), (1, 128), (2, 256)), activation, **kwargs)
 
 
-@register_architecture("vgg8", family="cifar")
+@register_architecture("vgg8", family=FAMILY)
 def vgg8(activation: Callable[[], nn.Module], **kwargs) -> nn.Module:
     """VGG8: 2 x conv 64 | 2 x 128 | 2 x 256 | 2 x 512, Linear(2048, 10); 4,705,866 parameters."""
     return vgg(((2, 64), (2, 128), (2, 256), (2, 512)), activation, **kwargs)
@@ -332,7 +333,7 @@ def evaluate(model: nn.Module, normalize: Normalize, images: torch.Tensor, label
 
 @register_experiment("cifar10", config=Cifar10Config, datasets=("cifar10",),
                      metrics={"train_loss": "min", "test_loss": "min", "test_acc": "max", "best_test_acc": "max", "epoch_time_s": "min"}, smoke={"epochs": 1},
-                     family="cifar")
+                     family=FAMILY)
 def run(config: Cifar10Config, session: Session) -> dict[str, float]:
     """VGG4/VGG8 on CIFAR-10 with the paper's baseline or augmented recipe (Appendix E)."""
     recipe = RECIPES[config.recipe]

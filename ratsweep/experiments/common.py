@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import check
+from ..config import ConfigError, check
 from ..rational import Rational, rational_param_groups, replace_activations  # noqa: F401  (re-exported)
 from ..rational.fits import MAX_DEGREE, TARGETS
 
@@ -103,6 +103,17 @@ class RationalConfig:
 def rational_field() -> Any:
     """A config's `rational` field: applies only when the config's activation is "rational"."""
     return field(default_factory=RationalConfig, metadata={"when": ("activation", "rational")})
+
+
+def check_model(model: str, family: str) -> None:
+    """A config's `model` names an architecture registered with this family (ConfigError with a
+    did-you-mean otherwise): for experiments whose models come from the registry."""
+    from ..registry import architectures, did_you_mean  # noqa: PLC0415  (registry loads plugins on first use)
+
+    known = list(architectures(family))
+    if model not in known:
+        raise ConfigError("model", f"expected one of {', '.join(known)} (architectures of family {family!r}), "
+                                   f"got {model!r}{did_you_mean(model, known)}")
 
 
 def activation_factory(activation: str, rational: RationalConfig) -> Callable[[], nn.Module]:

@@ -17,13 +17,14 @@ from torch import nn
 
 from ..config import check
 from ..rational import capture_inputs
-from ..registry import architectures, create_model, register_architecture, register_experiment
+from ..registry import create_model, register_architecture, register_experiment
 from .common import (
     Activation,
     RationalConfig,
     Session,
     activation_factory,
     check_finite,
+    check_model,
     checkpoint,
     evaluating,
     num_params,
@@ -38,6 +39,7 @@ from .common import (
 SPLIT_SEED = 0  # the train/test split, the same for every trial
 SMOKE_TRAIN_IMAGES = 300
 NUM_CLASSES = 10
+FAMILY = "digits"  # the architectures `model` can name (plugins add theirs)
 
 
 @dataclass
@@ -54,8 +56,7 @@ class DigitsConfig:
 
     def __post_init__(self):
         self.rational.default_lr_mult(1.0)
-        known = list(architectures("digits"))
-        check(self.model in known, "model", "one of " + ", ".join(known), self.model)
+        check_model(self.model, FAMILY)
         check(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
         check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
         check(self.lr > 0, "lr", "a number > 0", self.lr)
@@ -63,7 +64,7 @@ class DigitsConfig:
         check(0 < self.test_fraction < 1, "test_fraction", "a number between 0 and 1", self.test_fraction)
 
 
-@register_architecture("digits_mlp", family="digits")
+@register_architecture("digits_mlp", family=FAMILY)
 def digits_mlp(activation: Callable[[], nn.Module], num_classes: int = NUM_CLASSES) -> nn.Module:
     """64-128-128-10 fully connected."""
     return nn.Sequential(
@@ -74,7 +75,7 @@ def digits_mlp(activation: Callable[[], nn.Module], num_classes: int = NUM_CLASS
     )  # fmt: skip
 
 
-@register_architecture("digits_cnn", family="digits")
+@register_architecture("digits_cnn", family=FAMILY)
 def digits_cnn(activation: Callable[[], nn.Module], num_classes: int = NUM_CLASSES) -> nn.Module:
     """conv 16 -> conv 32 -> 2x2 max-pool -> 64 units -> 10, on 1x8x8 images."""
     return nn.Sequential(
@@ -102,7 +103,7 @@ def load_split(test_fraction: float) -> tuple[tuple[torch.Tensor, torch.Tensor],
 
 
 @register_experiment("digits", config=DigitsConfig, metrics={"train_loss": "min", "test_acc": "max", "best_test_acc": "max", "epoch_time_s": "min"},
-                     smoke={"epochs": 1}, family="digits")
+                     smoke={"epochs": 1}, family=FAMILY)
 def run(config: DigitsConfig, session: Session) -> dict[str, float]:
     """Classify sklearn's 8x8 handwritten digits (real data, bundled, seconds per trial)."""
     (train_x, train_y), (test_x, test_y) = load_split(config.test_fraction)

@@ -220,8 +220,9 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
         Signals.in_fit = False
         tune_log.removeFilter(hint)
     interrupted = Signals.received
+    stopped = set(tracking.open_trial_runs(uri, parent))
     tracking.finish_sweep_run(uri, parent, "KILLED" if interrupted else "FINISHED")
-    return SweepOutcome(space, str(path), uri, _rows(space, results), interrupted)
+    return SweepOutcome(space, str(path), uri, _rows(space, results, stopped), interrupted)
 
 
 def _new_tuner(space: Space, options: RunOptions, trainable, storage: Path, sweep_id: str, callback) -> tune.Tuner:
@@ -252,7 +253,8 @@ def _new_tuner(space: Space, options: RunOptions, trainable, storage: Path, swee
     )
 
 
-def _rows(space: Space, results) -> list[dict]:
+def _rows(space: Space, results, stopped: set[str]) -> list[dict]:
+    """One row per trial; `stopped`: the ids of trials an interrupt stopped (their runs never ended)."""
     rows = []
     for result in results:
         metrics = result.metrics or {}
@@ -260,7 +262,7 @@ def _rows(space: Space, results) -> list[dict]:
         failure = (metrics.get("ratsweep") or {}).get("failure") or ""
         if result.error:
             status = "ERROR"
-        elif not metrics.get("done"):  # Tune marks a trial's last result done when its function returned
+        elif not metrics or metrics.get("trial_id") in stopped:  # never started, or stopped mid-way
             status = "INTERRUPTED"
         else:
             status = "DIVERGED" if failure.startswith("diverged") else "FAILED" if failure else "OK"

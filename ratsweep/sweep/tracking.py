@@ -324,15 +324,23 @@ def _param(value) -> str:
     return str(list(value) if isinstance(value, tuple) else value)[:6000]
 
 
+def open_trial_runs(uri: str, parent_run_id: str) -> dict[str, str]:
+    """{Tune trial id: run id} of the sweep's trial runs still RUNNING: once tuner.fit() has returned,
+    the trials an interrupt stopped (a trial that ended, now or before a resume, has its run ended)."""
+    mlflow_client = client(uri)
+    experiment_id = mlflow_client.get_run(parent_run_id).info.experiment_id
+    runs = mlflow_client.search_runs(
+        [experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+        max_results=10_000)
+    return {run.data.tags.get(TAG_TRIAL, ""): run.info.run_id for run in runs}
+
+
 def finish_sweep_run(uri: str, run_id: str, status: str) -> None:
     """End the sweep's run, and any trial run of it still RUNNING (an interrupted or crashed driver):
     KILLED, or FAILED with a failed sweep. `--resume` reopens them."""
     mlflow_client = client(uri)
-    experiment_id = mlflow_client.get_run(run_id).info.experiment_id
-    open_runs = mlflow_client.search_runs(
-        [experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{run_id}' and attributes.status = 'RUNNING'", max_results=10_000)
-    for run in open_runs:
-        mlflow_client.set_terminated(run.info.run_id, "FAILED" if status == "FAILED" else "KILLED")
+    for trial_run in open_trial_runs(uri, run_id).values():
+        mlflow_client.set_terminated(trial_run, "FAILED" if status == "FAILED" else "KILLED")
     mlflow_client.set_terminated(run_id, status)
 
 

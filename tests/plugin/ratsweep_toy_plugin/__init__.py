@@ -28,7 +28,8 @@ def run(config: ToyConfig, session):
     model = nn.Sequential(nn.Linear(1, 8), activation_factory(config.activation, config.rational)(), nn.Linear(8, 1))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     x = torch.linspace(-1, 1, 64)[:, None]
-    session.log_params(num_params=sum(p.numel() for p in model.parameters()))
+    tiny = torch.tensor([1e-40])  # a subnormal float32: 0 when the trial flushes them
+    session.log_params(num_params=sum(p.numel() for p in model.parameters()), denormals_flushed=bool((tiny * 1.0).item() == 0))
     for step in range(2):
         for _ in range(config.steps):
             loss = (model(x) - x**2).pow(2).mean()
