@@ -46,6 +46,7 @@ def _overrides(pairs: list[str]) -> dict:
     """--set key=value (value parsed as YAML: 3, 0.5, true, [5, 4], gelu)."""
     import yaml
 
+    from ratsweep.config import yaml_load
     from ratsweep.sweep.space import UserError
 
     out = {}
@@ -54,7 +55,7 @@ def _overrides(pairs: list[str]) -> dict:
         if not sep or not key:
             raise UserError(f"--set: expected key=value, got {pair!r}")
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            out[key.strip()] = yaml_load(value)
         except yaml.YAMLError as e:
             raise UserError(f"--set: {pair!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
     return out
@@ -82,12 +83,6 @@ def run(args: argparse.Namespace) -> int:
 
     runner.Signals.install()
     resume = shlex.join(["ratsweep", *args.argv] + ([] if args.resume else ["--resume"]))
-    if args.address is None:  # on a cluster the data lives on the workers: each trial checks there
-        for space in spaces:
-            runner.check_data(space, args.data_dir)
-    runner.check_storage(args.storage)
-    if not args.resume:  # a resumed sweep goes on in the store it began in
-        tracking.check_store(tracking.tracking_uri(args.tracking_uri))
     options = runner.RunOptions(
         smoke=args.smoke, data_dir=args.data_dir, tracking_uri=args.tracking_uri, storage=args.storage,
         address=args.address, resume=args.resume, max_concurrent=args.max_concurrent,
@@ -95,6 +90,12 @@ def run(args: argparse.Namespace) -> int:
     )
     failed = False
     try:
+        if args.address is None:  # on a cluster the data lives on the workers: each trial checks there
+            for space in spaces:
+                runner.check_data(space, args.data_dir)
+        runner.check_storage(args.storage)
+        if not args.resume:  # a resumed sweep goes on in the store it began in
+            tracking.check_store(tracking.tracking_uri(args.tracking_uri))
         runner.init_ray(args.address)
         runner.Signals.install()  # again: ray.init puts its own SIGTERM handler (a crash dump) in place
         for space in spaces:

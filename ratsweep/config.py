@@ -140,9 +140,27 @@ def from_text(annotation, text: str, key: str):
     return read
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but 1e-5 is a float (YAML 1.1 wants a dot: "1e-05" was a string), as
+    Python writes small and large floats, and as users write them in spaces and --set."""
+
+
+YamlLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506  (a SafeLoader)
+
+
+def yaml_load_all(text: str) -> list:
+    return list(yaml.load_all(text, Loader=YamlLoader))  # noqa: S506  (a SafeLoader)
+
+
 def _yaml(text: str):
     try:
-        return yaml.safe_load(text)
+        return yaml_load(text)
     except yaml.YAMLError:
         return text
 

@@ -86,6 +86,20 @@ def test_registered_names_get_a_suggestion(capsys):
     assert code == 2 and "did you mean 'digits'?" in err
 
 
+def test_small_floats_are_numbers_in_spaces_set_and_params(tmp_path, capsys):
+    """YAML 1.1 reads 1e-5 (no dot) as a string; Python writes 1e-05 so, and so do users."""
+    from ratsweep.experiments.cifar10 import Cifar10Config
+    from ratsweep.sweep import results
+
+    assert results._typed(Cifar10Config, "lr", "1e-05") == 1e-05 and results._typed(Cifar10Config, "lr", "2.5e+16") == 2.5e16
+    (tmp_path / "s.yaml").write_text("name: s\nexperiment: cifar10\nmetric: {name: best_test_acc, mode: max}\n"
+                                     "config: {lr: 1e-5}\nsearch_space:\n  rational.lr_mult: {grid: [5e-1, 2]}\n")
+    [space] = load(str(tmp_path / "s.yaml"))
+    assert space.config["lr"] == 1e-5 and space.search_space["rational.lr_mult"].values == (0.5, 2)
+    code, out, _ = cli_exit(capsys, "validate", "cifar10_table1", "--set", "lr=1e-5")
+    assert code == 0
+
+
 def test_non_finite_bounds_are_refused(tmp_path):
     (tmp_path / "inf.yaml").write_text("name: x\nexperiment: approx\nmetric: {name: mse, mode: min}\n"
                                        "search_space:\n  lr: {uniform: [0.1, .inf]}\n")
@@ -227,6 +241,30 @@ def test_tunes_points_leave_what_does_not_apply_empty(tmp_path):
     assert count == 3 and set(param_space) == {"activation", "rational.degrees"}  # the table's columns
     assert {"activation": "relu", "rational.degrees": None} in points
     assert {"activation": "rational", "rational.degrees": "[5, 4]"} in points
+
+
+def test_a_signal_outside_tunes_loop_is_a_keyboard_interrupt():
+    """Tune handles SIGUSR1 only inside its loop; elsewhere SIGUSR1 would end the process at once."""
+    import signal
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        runner.Signals.received = None
+        runner.Signals.install()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)
+        assert runner.Signals.received == signal.SIGTERM
+        tune_stopped = []
+        signal.signal(signal.SIGUSR1, lambda *_: tune_stopped.append(True))  # as Tune's loop installs it
+        runner.Signals.received = None
+        signal.raise_signal(signal.SIGINT)  # the first signal: Tune's graceful stop, no exception
+        assert tune_stopped == [True] and runner.Signals.received == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):  # a second one: stop now
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        runner.Signals.received = None
+        for s, handler in saved.items():
+            signal.signal(s, handler)
 
 
 def test_local_session_keeps_what_was_reported_not_what_came_after():

@@ -153,6 +153,13 @@ def test_a_config_that_ran_again_counts_once_and_smoke_runs_not_at_all(store):
     assert max(by_key[("relu", "-", "group", "False")].values) == pytest.approx(0.99)
 
 
+def test_an_mlflow_experiment_that_is_not_a_sweep_is_one_line(store):
+    uri, _ = store
+    tracking.client(uri).create_experiment("someone_elses")
+    with pytest.raises(results.NotFound, match="someone_elses: an MLflow experiment, but not a ratsweep sweep"):
+        results.load_sweep(uri, "someone_elses")
+
+
 def test_report_names_unknown_layout_keys_with_a_suggestion(store, capsys):
     uri, name = store
     with pytest.raises(SystemExit) as done:

@@ -58,6 +58,7 @@ def test_run_lands_every_trial_in_mlflow(smoke_sweep):
     cwd, proc = smoke_sweep
     assert "== e2e_approx: 4 trials" in proc.stdout and "== e2e_digits: 2 trials" in proc.stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+    assert "Pre-set value" not in proc.stdout + proc.stderr  # relu trials hold None for rational.degrees, quietly
     client = mlflow_client(cwd)
     approx, [approx_sweep] = trial_runs(client, "e2e_approx")
     assert len(approx) == 4 and {r.info.status for r in approx} == {"FINISHED"}

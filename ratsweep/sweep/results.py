@@ -95,6 +95,8 @@ def load_sweep(uri: str, name: str, include_smoke: bool = False, all_runs: bool 
         known = [e.name for e in mlflow_client.search_experiments() if "ratsweep.metric" in e.tags]
         raise NotFound(f"{name}: {registry.unknown('sweep', name, known).args[0]} (in {uri})")
     tags = experiment.tags
+    if "ratsweep.metric" not in tags:
+        raise NotFound(f"{name}: an MLflow experiment, but not a ratsweep sweep (it has no ratsweep.metric tag; in {uri})")
     try:
         config_class = registry.get_experiment(tags["ratsweep.experiment"]).config
         keys = set(cfg.keys(config_class))
@@ -156,12 +158,16 @@ def latest_per_config(runs: list[TrialRun]) -> list[TrialRun]:
 
 
 def _plan(mlflow_client: MlflowClient, run_id: str) -> dict[str, Any]:
-    """A sweep run's plan.json ({} for sweeps from before it was written)."""
-    if PLAN_FILE not in {a.path for a in mlflow_client.list_artifacts(run_id)}:
-        return {}
+    """A sweep run's plan.json; {} for sweeps from before it was written, or where the artifact store
+    cannot be read (the report then sorts by name and counts no missing trials)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    with tempfile.TemporaryDirectory() as tmp:
-        return json.loads(Path(mlflow_client.download_artifacts(run_id, PLAN_FILE, tmp)).read_text())
+    try:
+        if PLAN_FILE not in {a.path for a in mlflow_client.list_artifacts(run_id)}:
+            return {}
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads(Path(mlflow_client.download_artifacts(run_id, PLAN_FILE, tmp)).read_text())
+    except Exception:  # noqa: BLE001  (any store or decoding error: the plan is optional)
+        return {}
 
 
 def _all_runs(mlflow_client: MlflowClient, experiment_id: str):

@@ -61,26 +61,40 @@ OUTCOME = {"OK": "finished", "ERROR": "failed", "FAILED": "failed", "DIVERGED": 
 
 class Signals:
     """SIGINT and SIGTERM stop a sweep the way Tune's own SIGINT handler does (trials stopped, state
-    saved for --resume; Tune handles SIGUSR1 the same way, and we raise that), and the signal is
-    remembered: for the exit code (128 + signal) and to tell an interrupted sweep from a finished one,
-    which tuner.fit() does not. Outside tuner.fit(), or at a second signal, it is a KeyboardInterrupt."""
+    saved for --resume; Tune's loop handles SIGUSR1 the same way, and we raise that), and the signal
+    is remembered: for the exit code (128 + signal) and to tell an interrupted sweep from a finished
+    one, which tuner.fit() does not. Where Tune's handler is not in place (outside its loop: `disarm`
+    puts a placeholder back after every fit), or at a second signal, it is a KeyboardInterrupt."""
 
     received: int | None = None
-    in_fit = False
 
     @classmethod
     def install(cls) -> None:
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours stands in for Tune's (it would hide the signal)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, cls._stop)
+        cls.disarm()
+
+    @classmethod
+    def disarm(cls) -> None:
+        signal.signal(signal.SIGUSR1, cls._placeholder)
+
+    @staticmethod
+    def _placeholder(signum, frame) -> None:
+        """SIGUSR1 outside Tune's loop: nothing to stop (its default action would end the process)."""
 
     @classmethod
     def _stop(cls, signum, frame) -> None:
         first, cls.received = cls.received is None, signum
-        if cls.in_fit and first:
+        if first and signal.getsignal(signal.SIGUSR1) is not cls._placeholder:
             signal.raise_signal(signal.SIGUSR1)
         else:
             raise KeyboardInterrupt
+
+
+class _NotAppliedWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Pre-set value `None` is not within valid values")
 
 
 class _NoRestoreHint(logging.Filter):
@@ -93,6 +107,9 @@ class _NoRestoreHint(logging.Filter):
 def init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
+    # Each point of a random/grid search holds None for the keys that do not apply (search.py);
+    # Tune warns once per trial and key that None is not among the domain's values.
+    logging.getLogger("ray.tune.search.variant_generator").addFilter(_NotAppliedWarning())
     # Every report checkpoints (ASHA may stop a trial after any): Tune's "snapshotting too often"
     # warning is expected here, not a problem to fix.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -210,17 +227,18 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
     tune_log = logging.getLogger("ray.tune.tune")
     hint = _NoRestoreHint()
     tune_log.addFilter(hint)
-    Signals.in_fit = True
     try:
         results = tuner.fit()
     except BaseException as e:  # no run may stay RUNNING; --resume reopens them
         tracking.finish_sweep_run(uri, parent, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     finally:
-        Signals.in_fit = False
+        Signals.disarm()
         tune_log.removeFilter(hint)
     interrupted = Signals.received
-    stopped = set(tracking.open_trial_runs(uri, parent))
+    # stopped: the trials whose runs did not end (RUNNING), or were ended by an earlier interrupt and
+    # not started again after --resume (KILLED)
+    stopped = {trial for trial, (_, status) in tracking.trial_runs(uri, parent).items() if status in ("RUNNING", "KILLED")}
     tracking.finish_sweep_run(uri, parent, "KILLED" if interrupted else "FINISHED")
     return SweepOutcome(space, str(path), uri, _rows(space, results, stopped), interrupted)
 

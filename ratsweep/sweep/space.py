@@ -175,7 +175,7 @@ def load(space: str, overrides: dict[str, Any] | None = None, smoke: bool = Fals
     (default MAX_TRIALS) is an error."""
     path = resolve(space)
     try:
-        documents = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+        documents = [d for d in cfg.yaml_load_all(path.read_text(encoding="utf-8")) if d is not None]
     except UnicodeDecodeError as e:
         raise SpaceError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the file as UTF-8") from None
     except yaml.YAMLError as e:

@@ -152,9 +152,12 @@ def provenance(space: Space) -> dict[str, str]:
     tags = {}
     for module in sorted(modules):
         dist = registry.distribution(module)
-        if dist is None:
+        if dist is None:  # registered from a script
             continue
-        tags[f"ratsweep.provider.{dist}"] = importlib.metadata.version(dist)
+        try:
+            tags[f"ratsweep.provider.{dist}"] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
+            continue
         file = getattr(sys.modules.get(module), "__file__", None)
         commit = git_commit(file) if file else None
         if commit:
@@ -324,23 +327,22 @@ def _param(value) -> str:
     return str(list(value) if isinstance(value, tuple) else value)[:6000]
 
 
-def open_trial_runs(uri: str, parent_run_id: str) -> dict[str, str]:
-    """{Tune trial id: run id} of the sweep's trial runs still RUNNING: once tuner.fit() has returned,
-    the trials an interrupt stopped (a trial that ended, now or before a resume, has its run ended)."""
+def trial_runs(uri: str, parent_run_id: str) -> dict[str, tuple[str, str]]:
+    """{Tune trial id: (run id, status)} of the sweep's trial runs."""
     mlflow_client = client(uri)
     experiment_id = mlflow_client.get_run(parent_run_id).info.experiment_id
-    runs = mlflow_client.search_runs(
-        [experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
-        max_results=10_000)
-    return {run.data.tags.get(TAG_TRIAL, ""): run.info.run_id for run in runs}
+    runs = mlflow_client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+                                     max_results=50_000)
+    return {run.data.tags.get(TAG_TRIAL, ""): (run.info.run_id, run.info.status) for run in runs}
 
 
 def finish_sweep_run(uri: str, run_id: str, status: str) -> None:
     """End the sweep's run, and any trial run of it still RUNNING (an interrupted or crashed driver):
     KILLED, or FAILED with a failed sweep. `--resume` reopens them."""
     mlflow_client = client(uri)
-    for trial_run in open_trial_runs(uri, run_id).values():
-        mlflow_client.set_terminated(trial_run, "FAILED" if status == "FAILED" else "KILLED")
+    for trial_run, trial_status in trial_runs(uri, run_id).values():
+        if trial_status == "RUNNING":
+            mlflow_client.set_terminated(trial_run, "FAILED" if status == "FAILED" else "KILLED")
     mlflow_client.set_terminated(run_id, status)
 
 
