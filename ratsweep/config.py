@@ -130,7 +130,7 @@ def from_text(annotation, text: str, key: str):
     """A config value back from its text (str() of it: how MLflow keeps params), in its own type:
     "None" is None where the field allows it, a str field keeps "" and "0.5" as written, other
     text is read as YAML (numbers, true/false, [5, 4]). Text the annotation rejects comes back as YAML reads it."""
-    read = _yaml(text)
+    read = parse_text(text)
     candidates = ([None] if text == "None" else []) + ([read] if annotation is Any else [text, read])
     for candidate in candidates:
         try:
@@ -158,7 +158,8 @@ def yaml_load_all(text: str) -> list:
     return list(yaml.load_all(text, Loader=YamlLoader))  # noqa: S506  (a SafeLoader)
 
 
-def _yaml(text: str):
+def parse_text(text: str):
+    """The value YAML reads from the text (yaml_load), or the text itself where it is not YAML."""
     try:
         return yaml_load(text)
     except yaml.YAMLError:

@@ -78,10 +78,13 @@ class Sweep:
 
 
 def _typed(config_class: type | None, key: str, text: str):
-    """A param back in its config field's type (lists for tuples, as YAML writes them)."""
-    if config_class is None or key not in cfg.keys(config_class):
-        return cfg._yaml(text)
-    value = cfg.from_text(cfg.annotation_of(config_class, key), text, key)
+    """A param back in its config field's type (lists for tuples, as YAML writes them); a param
+    that is no config key (num_params), or of an experiment not installed here, as YAML reads it."""
+    try:
+        annotation = cfg.annotation_of(config_class, key)
+    except (KeyError, TypeError):  # not a key of the config class, or no class
+        return cfg.parse_text(text)
+    value = cfg.from_text(annotation, text, key)
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -416,17 +419,17 @@ def marks(found: list[Cell], layout: Layout, mode: str) -> dict[tuple, str]:
     return out
 
 
-def _format(layout: Layout) -> tuple[float, Callable[[float], str], Callable[[float], str]]:
-    """(scale, mean format, std format): percent as 12.34, otherwise 4 significant digits."""
+def _format(layout: Layout) -> tuple[Callable[[float], str], Callable[[float], str]]:
+    """(mean format, std format): percent as 12.34, otherwise 4 significant digits."""
     if layout.percent:
-        return 100.0, lambda x: f"{100 * x:.2f}", lambda x: f"{100 * x:.2f}"
-    return 1.0, lambda x: f"{x:.4g}", lambda x: f"{x:.2g}"
+        return lambda x: f"{100 * x:.2f}", lambda x: f"{100 * x:.2f}"
+    return lambda x: f"{x:.4g}", lambda x: f"{x:.2g}"
 
 
 def cell_text(c: Cell, layout: Layout) -> str:
     """"90.62 ± 0.21 (5)", "88.10 ± 0.40 (4, 1 diverged)", "57.26 (1)", "fails to train (0, 5 diverged)",
     "- (0, 5 missing)"."""
-    _, mean, std = _format(layout)
+    mean, std = _format(layout)
     g = c.group
     body = f"{mean(g.mean)} ± {std(g.std)}" if len(g.values) > 1 else mean(g.mean) if g.values else \
         "fails to train" if g.count("diverged") else "-"
@@ -478,7 +481,7 @@ def _failed_as_note(layout: Layout, failed_as: float | None) -> str:
     if failed_as is None:
         return "diverged, failed and missing seeds are counted, not averaged"
     return (f"with --failed-as {failed_as:g}: a diverged seed counts at its last value (the best before divergence), "
-            f"a failed or missing seed as {_format(layout)[1](failed_as)}")
+            f"a failed or missing seed as {_format(layout)[0](failed_as)}")
 
 
 def table(sweep: Sweep, layout: Layout, fmt: str, failed_as: float | None = None) -> str:
