@@ -214,7 +214,10 @@ def data(args: argparse.Namespace) -> int:
     except (OSError, RuntimeError) as e:  # no network, a failed checksum, a full disk
         raise UserError(f"{args.name}: download into {directory} failed: {e}") from None
     dataset.verify(directory)
-    print(f"{args.name}: ready in {directory} (pass --data-dir {directory} to ratsweep run)")
+    if dataset.location is None:
+        print(f"{args.name}: ready in {directory} (pass --data-dir {directory} to ratsweep run)")
+    else:
+        print(f"{args.name}: ready in {dataset.location(directory)}")
     return 0
 
 

@@ -28,7 +28,8 @@ from .config import did_you_mean
 
 ENTRY_POINT_GROUPS = ("ratsweep.experiments", "ratsweep.architectures")
 # ratsweep's own experiments: found without installed metadata, e.g. from a source checkout.
-BUILTIN_MODULES = ("ratsweep.experiments.approx", "ratsweep.experiments.digits", "ratsweep.experiments.cifar10")
+BUILTIN_MODULES = ("ratsweep.experiments.approx", "ratsweep.experiments.digits", "ratsweep.experiments.cifar10",
+                   "ratsweep.experiments.iql", "ratsweep.experiments.td3bc")
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,11 @@ class Architecture:
 class Dataset:
     name: str
     download: Callable[[Path], None]  # download(data_dir): fetch it (where there is internet)
-    verify: Callable[[Path], None]  # verify(data_dir): raise DataError saying how to get it if absent
+    verify: Callable[..., None]  # verify(data_dir, **{key: values}): raise DataError saying how to get it if absent
     description: str
     source: str
+    keys: tuple[str, ...] = ()  # config keys that choose what is needed: verify gets the values a sweep can take
+    location: Callable[[Path], Path] | None = None  # where it lands given --dir (default: --dir itself)
 
 
 _experiments: dict[str, Experiment] = {}
@@ -92,9 +95,15 @@ def register_experiment(name: str, config: type, metrics: Sequence[str] | Mappin
     return decorator
 
 
-def register_dataset(name: str, download: Callable[[Path], None], verify: Callable[[Path], None]) -> None:
-    """Register a dataset for `ratsweep data NAME --dir DIR` (download's docstring describes it)."""
-    _datasets[name] = Dataset(name, download, verify, _doc(download), download.__module__)
+def register_dataset(name: str, download: Callable[[Path], None], verify: Callable[..., None],
+                     keys: Sequence[str] = (), location: Callable[[Path], Path] | None = None) -> None:
+    """Register a dataset for `ratsweep data NAME --dir DIR` (download's docstring describes it).
+
+    `verify(data_dir)` raises DataError saying how to get what is missing. With `keys` (config keys
+    such as "task"), a sweep checks only what it will read: verify(data_dir, task=(values...)) gets
+    each key's values the sweep can take. `location(data_dir)` is where the data lands, for datasets
+    kept elsewhere than --dir (Minari's own folder)."""
+    _datasets[name] = Dataset(name, download, verify, _doc(download), download.__module__, tuple(keys), location)
 
 
 def register_architecture(name: str, family: str = "image_classifier"):

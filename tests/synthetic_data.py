@@ -36,3 +36,39 @@ def write_cifar10(root: Path, train_per_batch: int = 200, test: int = 200, seed:
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": list(CIFAR_CLASSES), "num_cases_per_batch": train_per_batch, "num_vis": 3072}, f, protocol=2)
     return Path(root)
+
+
+MINARI_ENVS = {"halfcheetah": "HalfCheetah-v5", "hopper": "Hopper-v5", "walker2d": "Walker2d-v5"}
+
+
+def write_minari(root: Path, tasks=tuple(MINARI_ENVS), episodes: int = 4, steps: int = 60, seed: int = 0) -> Path:
+    """mujoco/{task}/{medium,expert}-v0 under root (a MINARI_DATASETS_PATH), recorded from the real
+    v5 envs with minari.DataCollector: random actions, episodes cut at `steps` (HalfCheetah's end
+    truncated, Hopper's and Walker2d's mostly terminated), "expert" episodes twice as long."""
+    import os
+
+    import gymnasium as gym
+    import minari
+
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        for task in tasks:
+            for quality, length in (("medium", steps), ("expert", 2 * steps)):
+                env = minari.DataCollector(gym.make(MINARI_ENVS[task], max_episode_steps=length))
+                env.action_space.seed(seed)
+                for episode in range(episodes):
+                    env.reset(seed=seed + episode)
+                    while True:
+                        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+                        if terminated or truncated:
+                            break
+                env.create_dataset(dataset_id=f"mujoco/{task}/{quality}-v0", algorithm_name="random (synthetic test data)",
+                                   eval_env=MINARI_ENVS[task])
+                env.close()
+    finally:
+        if previous is None:
+            os.environ.pop("MINARI_DATASETS_PATH")
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous
+    return Path(root)

@@ -136,7 +136,7 @@ def test_every_cell_counts_finished_diverged_failed_and_missing_seeds(store):
     assert cell(gelu, 4) == "*82.00 (1, 1 failed, 1 missing) lsuv=True*"  # one seed: no std
     csv_lines = results.table(sweep, results.Layout.of(sweep), "csv").splitlines()
     assert csv_lines[0] == ("model,activation,rational.init,norm,lsuv,best_test_acc_mean,best_test_acc_std,n,"
-                            "diverged,failed,missing,mark,minutes")
+                            "diverged,failed,missing,mark,minutes,caveat")
     gelu_group = next(line for line in csv_lines if line.startswith("vgg4,gelu,-,group,"))
     assert gelu_group.split(",")[7:12] == ["1", "0", "1", "1", "second"]
 
@@ -227,6 +227,27 @@ def test_report_command_prints_the_paper_view(store, capsys):
         cli.main(["report", name, "--tracking-uri", uri, "--paper", "--failed-as", "0.1"])
     out = capsys.readouterr().out
     assert done.value.code == 0 and "against the paper's Table 2" in out and "with --failed-as 0.1" in out
+
+
+def test_population_std_row_marks_decimals_and_caveats():
+    """The RL tables' layout: std with ddof 0, best per row across the activation columns, two
+    decimals, and a cell whose runs used substitute anchors marked with its caveat underneath."""
+    def run(activation, value, caveat=None):
+        return results.TrialRun(f"r{activation}{value}", "FINISHED", {"task": "hopper", "activation": activation},
+                                {"caveat": caveat} if caveat else {}, {"final_normalized_score": value}, 60.0, "s")
+
+    runs = [run("relu", 90.0), run("relu", 92.0), run("gelu", 80.0), run("gelu", 81.0, "D4RL anchors"), run("rational", 95.0), run("rational", 96.0)]
+    sweep = results.Sweep("rl", "iql", "final_normalized_score", "max", runs, None, [], {},
+                          plan={"order": {"activation": ["relu", "gelu", "rational"]}})
+    layout = results.Layout(["task"], "activation", std="population", best="per_row", decimals=2)
+    out = results.table(sweep, layout, "md")
+    [row] = [line for line in out.splitlines() if line.startswith("| hopper")]
+    assert cell(row, 1) == "*91.00 ± 1.00 (2)*"  # population std of 90, 92 is 1 (the sample std would be 1.41)
+    assert cell(row, 2) == "80.50 ± 0.50 † (2)" and cell(row, 3) == "**95.50 ± 0.50 (2)**"
+    assert "mean ± std (population)" in out and out.rstrip().endswith("† D4RL anchors") and "best per row" in out
+    sample = results.table(sweep, results.Layout(["task"], "activation", decimals=2), "md")
+    assert "**91.00 ± 1.41 (2)**" in sample and "**80.50" in sample  # per column by default: each cell is its column's best
+    assert results.table(sweep, layout, "csv").splitlines()[2].endswith(",D4RL anchors")
 
 
 def test_paper_tables_hold_every_published_cell():

@@ -100,9 +100,11 @@ class RationalConfig:
             self.lr_mult = value
 
 
-def rational_field() -> Any:
-    """A config's `rational` field: applies only when the config's activation is "rational"."""
-    return field(default_factory=RationalConfig, metadata={"when": ("activation", "rational")})
+def rational_field(config_class: type[RationalConfig] = RationalConfig) -> Any:
+    """A config's `rational` field: applies only when the config's activation is "rational".
+    `config_class` is RationalConfig or a dataclass subclass that changes its defaults (the field's
+    annotation must name the same class)."""
+    return field(default_factory=config_class, metadata={"when": ("activation", "rational")})
 
 
 def check_model(model: str, family: str) -> None:
@@ -201,9 +203,12 @@ def checkpoint(parts: Mapping[str, Any], generator: torch.Generator, **progress:
     and lists in place after the report (a LocalSession keeps the state in memory).
     """
     assert not set(parts) & (set(progress) | {"rng"}), "part names must not clash with progress keys"
+    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "data": generator.get_state()}
+    if torch.cuda.is_initialized():  # dropout and other draws on the GPU use its own generators
+        rng["cuda"] = torch.cuda.get_rng_state_all()
     return {
         **{name: copy.deepcopy(part.state_dict()) for name, part in parts.items()},
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "data": generator.get_state()},
+        "rng": rng,
         **copy.deepcopy(progress),
     }
 
@@ -236,6 +241,8 @@ def restore(state: Mapping[str, Any], parts: Mapping[str, Any], generator: torch
     torch.set_rng_state(state["rng"]["torch"])
     np.random.set_state(state["rng"]["numpy"])
     generator.set_state(state["rng"]["data"])
+    if "cuda" in state["rng"] and torch.cuda.is_available() and len(state["rng"]["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return state
 
 
@@ -267,13 +274,18 @@ def saved_figure(path: Path, nrows: int = 1, ncols: int = 1, width: float = 6, *
     figure.savefig(path)
 
 
-def save_learning_curve(curve: list[dict[str, float]], session: Session) -> None:
-    """learning_curve.png: train loss (log scale) and test accuracy per epoch."""
-    epochs = range(1, len(curve) + 1)
-    with saved_figure(session.artifact_dir / "learning_curve.png", nrows=2, sharex=True) as (_, (top, bottom)):
-        top.plot(epochs, [m["train_loss"] for m in curve], "o-", ms=3)
-        top.set_ylabel("train loss")
-        top.set_yscale("log")
-        bottom.plot(epochs, [m["test_acc"] for m in curve], "o-", ms=3, color="C2")
-        bottom.set_ylabel("test accuracy")
-        bottom.set_xlabel("epoch")
+LOSS_AND_ACCURACY = (("train_loss", "train loss", "log"), ("test_acc", "test accuracy", "linear"))
+
+
+def save_learning_curve(curve: list[dict[str, float]], session: Session,
+                        panels: tuple[tuple[str, str, str], ...] = LOSS_AND_ACCURACY,
+                        steps: list[int] | None = None, step_label: str = "epoch") -> None:
+    """learning_curve.png: one panel per (metric, label, y scale) of `panels` over the reports
+    (at `steps`, default 1, 2, ...); by default train loss (log scale) and test accuracy per epoch."""
+    steps = steps or list(range(1, len(curve) + 1))
+    with saved_figure(session.artifact_dir / "learning_curve.png", nrows=len(panels), sharex=True, squeeze=False) as (_, axes):
+        for i, (ax, (metric, label, scale)) in enumerate(zip(axes[:, 0], panels)):
+            ax.plot(steps, [m[metric] for m in curve], "o-", ms=3, color=f"C{2 * i}")
+            ax.set_ylabel(label)
+            ax.set_yscale(scale)
+        axes[-1, 0].set_xlabel(step_label)

@@ -220,6 +220,7 @@ class Group:
     key: tuple
     metric: str
     failed_as: float | None = None
+    population: bool = False  # std with ddof 0 (as the paper's RL tables), else the sample std
     runs: list[TrialRun] = field(default_factory=list)
     planned: int = 0
 
@@ -250,7 +251,14 @@ class Group:
 
     @property
     def std(self) -> float:
-        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+        if len(self.values) < 2:
+            return 0.0
+        return statistics.pstdev(self.values) if self.population else statistics.stdev(self.values)
+
+    @property
+    def caveats(self) -> list[str]:
+        """What the runs say qualifies their numbers (their `caveat` param, e.g. substitute reference scores)."""
+        return sorted({str(r.extra["caveat"]) for r in self.runs if r.extra.get("caveat")})
 
     def counts(self) -> str:
         """"5", "4, 1 diverged", "3, 1 failed, 1 missing": finished runs, then the others."""
@@ -296,13 +304,13 @@ def _position(sweep: Sweep) -> Callable[[str, str], tuple]:
     return position
 
 
-def groups(sweep: Sweep, group_by: list[str], failed_as: float | None = None) -> list[Group]:
+def groups(sweep: Sweep, group_by: list[str], failed_as: float | None = None, population: bool = False) -> list[Group]:
     """Every run, and every trial the sweep planned, by its values of `group_by`, in the space's order."""
     out: dict[tuple, Group] = {}
 
     def group(config: dict[str, Any]) -> Group:
         key = tuple(_show(config.get(k, "-")) for k in group_by)
-        return out.setdefault(key, Group(key, sweep.metric, failed_as))
+        return out.setdefault(key, Group(key, sweep.metric, failed_as, population))
 
     for run in sweep.runs:
         group(run.config).runs.append(run)
@@ -327,7 +335,9 @@ class Layout:
     (by mean, as the paper's Table 2 takes the better of LSUV on/off); `percent` shows 100 x metric;
     `curve` is the metric the learning-curve plots show (default: the sweep's); `labels` maps shown
     values (or "a | b" runs of consecutive row values, or "column=value") to the paper's names;
-    `paper` names the paper's table of this sweep (paper_tables.yaml)."""
+    `paper` names the paper's table of this sweep (paper_tables.yaml); `std` is "sample" or
+    "population" (ddof 0, as the authors' RL table script); `best` is "per_column" (within each block
+    of rows) or "per_row"; `decimals` fixes the places shown."""
 
     rows: list[str]
     columns: str | None = None
@@ -336,13 +346,17 @@ class Layout:
     curve: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     paper: str | None = None
+    std: str = "sample"
+    best: str = "per_column"
+    decimals: int | None = None
 
     @classmethod
     def of(cls, sweep: Sweep) -> Layout:
         """The sweep's own layout (its search space's `report:`), else a row per varying key."""
         report = sweep.report
         return cls(list(report.get("rows") or default_group_by(sweep)), report.get("columns"), report.get("best_of"),
-                   bool(report.get("percent", False)), report.get("curve"), dict(report.get("labels") or {}), report.get("paper"))
+                   bool(report.get("percent", False)), report.get("curve"), dict(report.get("labels") or {}), report.get("paper"),
+                   report.get("std", "sample"), report.get("best", "per_column"), report.get("decimals"))
 
     def row_labels(self, row: tuple) -> list[str]:
         """The row's values as shown: the longest run of consecutive values that has a label becomes
@@ -386,7 +400,7 @@ def cells(sweep: Sweep, layout: Layout, failed_as: float | None = None) -> list[
     """One cell per (row, column) in the space's order; with best_of, the setting with the better mean."""
     keys = [*layout.rows, *(k for k in (layout.columns, layout.best_of) if k)]
     out: dict[tuple, Cell] = {}
-    for g in groups(sweep, keys, failed_as):
+    for g in groups(sweep, keys, failed_as, layout.std == "population"):
         row, rest = g.key[:len(layout.rows)], g.key[len(layout.rows):]
         column = rest[0] if layout.columns else ""
         chosen = rest[-1] if layout.best_of else None
@@ -403,26 +417,34 @@ def _block(layout: Layout, row: tuple) -> tuple:
     return row[:1] if len(layout.rows) > 1 else ()
 
 
+def _rivals(layout: Layout, c: Cell) -> tuple:
+    """The cells a cell's best/second mark is decided among: with `best: per_row`, its row (the
+    paper's RL tables, activations as columns); else its column within its block of rows."""
+    return (c.row,) if layout.best == "per_row" else (_block(layout, c.row), c.column)
+
+
 def marks(found: list[Cell], layout: Layout, mode: str) -> dict[tuple, str]:
     """{(row, column): "best" | "second"} per column within each block of rows (per model, as the
-    paper marks them); equal means share a mark."""
+    paper's CIFAR tables mark them), or per row (layout.best == "per_row"); equal means share a mark."""
     means: dict[tuple, set[float]] = {}
     for c in found:
         if c.group.values:
-            means.setdefault((_block(layout, c.row), c.column), set()).add(c.group.mean)
+            means.setdefault(_rivals(layout, c), set()).add(c.group.mean)
     ranked = {block: sorted(values, reverse=mode == "max") for block, values in means.items()}
     out = {}
     for c in found:
-        top = ranked.get((_block(layout, c.row), c.column), [])
+        top = ranked.get(_rivals(layout, c), [])
         if c.group.values and c.group.mean in top[:2]:
             out[(c.row, c.column)] = "best" if c.group.mean == top[0] else "second"
     return out
 
 
 def _format(layout: Layout) -> tuple[Callable[[float], str], Callable[[float], str]]:
-    """(mean format, std format): percent as 12.34, otherwise 4 significant digits."""
+    """(mean format, std format): percent as 12.34, `decimals` places if set, else 4 significant digits."""
     if layout.percent:
         return lambda x: f"{100 * x:.2f}", lambda x: f"{100 * x:.2f}"
+    if layout.decimals is not None:
+        return lambda x: f"{x:.{layout.decimals}f}", lambda x: f"{x:.{layout.decimals}f}"
     return lambda x: f"{x:.4g}", lambda x: f"{x:.2g}"
 
 
@@ -433,8 +455,16 @@ def cell_text(c: Cell, layout: Layout) -> str:
     g = c.group
     body = f"{mean(g.mean)} ± {std(g.std)}" if len(g.values) > 1 else mean(g.mean) if g.values else \
         "fails to train" if g.count("diverged") else "-"
-    text = f"{body} ({g.counts()})"
+    text = f"{body}{CAVEAT_MARK if g.caveats else ''} ({g.counts()})"
     return f"{text} {layout.best_of}={c.chosen}" if layout.best_of else text
+
+
+CAVEAT_MARK = " †"
+
+
+def _caveat_notes(found: list[Cell]) -> list[str]:
+    """"† <caveat>" lines for the cells marked with CAVEAT_MARK."""
+    return [f"{CAVEAT_MARK.strip()} {caveat}" for caveat in sorted({c for cell in found for c in cell.group.caveats})]
 
 
 def _minutes(cs: list[Cell]) -> str:
@@ -497,13 +527,13 @@ def table(sweep: Sweep, layout: Layout, fmt: str, failed_as: float | None = None
         out = io.StringIO()
         writer = csv.writer(out)
         extra = [k for k in (layout.columns, layout.best_of) if k]
-        writer.writerow([*layout.rows, *extra, f"{sweep.metric}_mean", f"{sweep.metric}_std", "n", *OUTCOMES, "mark", "minutes"])
+        writer.writerow([*layout.rows, *extra, f"{sweep.metric}_mean", f"{sweep.metric}_std", "n", *OUTCOMES, "mark", "minutes", "caveat"])
         for c in found:
             g = c.group
             chosen = [c.column] * bool(layout.columns) + [c.chosen] * bool(layout.best_of)
             stats = [g.mean, g.std] if g.values else ["", ""]
             writer.writerow([*c.row, *chosen, *stats, len(g.finished), *(g.count(o) for o in OUTCOMES),
-                             marked.get((c.row, c.column), ""), _minutes([c])])
+                             marked.get((c.row, c.column), ""), _minutes([c]), "; ".join(g.caveats)])
         return out.getvalue()
 
     columns = list(dict.fromkeys(c.column for c in found))
@@ -524,18 +554,21 @@ def table(sweep: Sweep, layout: Layout, fmt: str, failed_as: float | None = None
         for cells_ in body:
             rendered = [_tex(x) if isinstance(x, str) else style[x[1]] % _tex(x[0]) for x in cells_]
             lines.append(" & ".join(rendered).replace("±", r"$\pm$") + r" \\")
-        return "\n".join([*lines, r"\bottomrule", r"\end{tabular}"]) + "\n"
+        notes = [_tex(note) + r" \\" for note in _caveat_notes(found)]
+        return "\n".join([*lines, r"\bottomrule", r"\end{tabular}", *notes]) + "\n"
     style = {"best": "**%s**", "second": "*%s*", "": "%s"}
-    scope = f" per {layout.rows[0]}" if len(layout.rows) > 1 else ""
+    scope = " per row" if layout.best == "per_row" else f" per {layout.rows[0]}" if len(layout.rows) > 1 else ""
     unit = " x 100" if layout.percent else ""
-    lines = [f"{sweep.name}: {sweep.metric}{unit} ({sweep.mode}), mean ± std over seeds (finished, then diverged, "
+    std = " (population)" if layout.std == "population" else ""
+    lines = [f"{sweep.name}: {sweep.metric}{unit} ({sweep.mode}), mean ± std{std} over seeds (finished, then diverged, "
              f"failed, missing); best{scope} in bold, second best in italics",
              f"{_failed_as_note(layout, failed_as)}; {_minutes_note(sweep)}{_superseded_note(sweep)}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(layout.rows) + "---:|" * (len(columns) + 1)]
     for cells_ in body:
         rendered = [x if isinstance(x, str) else style[x[1]] % x[0] for x in cells_]
         lines.append("| " + " | ".join(rendered) + " |")
-    return "\n".join(lines) + "\n"
+    notes = _caveat_notes(found)
+    return "\n".join([*lines, *([""] + notes if notes else [])]) + "\n"
 
 
 def _tex(text: str) -> str:
@@ -583,7 +616,7 @@ def paper_comparison(sweep: Sweep, layout: Layout, fmt: str, table_name: str | N
             rows.append((c, ours, text, "", "", entry))
             continue
         diff = scale * g.mean - entry["mean"]
-        n, s = len(g.values), scale * g.std if len(g.values) > 1 else math.nan
+        n, s = len(g.values), scale * statistics.stdev(g.values) if len(g.values) > 1 else math.nan  # sample std, whatever the layout shows
         s = p_std if math.isnan(s) else s
         p_std = s if math.isnan(p_std) else p_std
         se = math.sqrt(s**2 / n + p_std**2 / published.runs) if not math.isnan(s) else math.nan
@@ -609,7 +642,8 @@ def paper_comparison(sweep: Sweep, layout: Layout, fmt: str, table_name: str | N
     if unmatched:
         lines += ["", f"published but not in this sweep's table ({len(unmatched)}): "
                   + "; ".join(", ".join(f"{k}={v}" for k, v in published.where(e).items()) for e in unmatched)]
-    return "\n".join(lines) + "\n"
+    notes = _caveat_notes(found)
+    return "\n".join([*lines, *([""] + notes if notes else [])]) + "\n"
 
 
 def plots(sweep: Sweep, layout: Layout, directory: Path) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
@@ -17,6 +18,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
+from .. import config as cfg
 from .. import registry
 from . import search, tracking
 from .space import Space, SpaceError, UserError
@@ -148,9 +150,26 @@ def check_storage(storage: str) -> None:
 
 
 def check_data(space: Space, data_dir: str) -> None:
-    """The experiment's registered datasets are under data_dir (DataError saying how to get them)."""
-    for name in registry.get_experiment(space.experiment).datasets:
-        registry.get_dataset(name).verify(Path(data_dir))
+    """The experiment's registered datasets are under data_dir (DataError saying how to get them);
+    a dataset with `keys` is asked only for the values of those keys this sweep can take."""
+    experiment = registry.get_experiment(space.experiment)
+    for name in experiment.datasets:
+        dataset = registry.get_dataset(name)
+        dataset.verify(Path(data_dir), **{key: values for key in dataset.keys if (values := sweep_values(space, key)) is not None})
+
+
+def sweep_values(space: Space, key: str) -> tuple | None:
+    """The values a key can take in the sweep: its fixed value, its grid or choice, else the
+    experiment's default; None where a searcher samples it from a range."""
+    if key in space.config:
+        return (space.config[key],)
+    domain = space.search_space.get(key)
+    if domain is not None:
+        return tuple(domain.values) if domain.kind in ("grid", "choice") else None
+    config_class = registry.get_experiment(space.experiment).config
+    if key not in cfg.keys(config_class):
+        return None
+    return (functools.reduce(getattr, key.split("."), cfg.build(config_class)),)
 
 
 def latest_sweep(storage: Path, name: str) -> Path | None:

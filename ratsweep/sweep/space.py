@@ -36,7 +36,7 @@ TOP_LEVEL = (
     "version", "name", "experiment", "metric", "num_samples", "resources", "scheduler", "search_alg",
     "max_failures", "config", "search_space", "report",
 )
-REPORT_KEYS = ("rows", "columns", "best_of", "percent", "curve", "labels", "paper")
+REPORT_KEYS = ("rows", "columns", "best_of", "percent", "curve", "labels", "paper", "std", "best", "decimals")
 
 
 class UserError(ValueError):
@@ -397,7 +397,7 @@ def _search_alg(path, raw) -> dict[str, Any]:
 
 def _report(path, experiment, metric: str, raw) -> dict[str, Any]:
     """report: {rows: [keys], columns: key, best_of: key, percent: bool, curve: metric, labels: {shown:
-    label}, paper: table}."""
+    label}, paper: table, std: sample | population, best: per_column | per_row, decimals: int}."""
     raw, cls = _mapping(path, "report", raw), experiment.config
     for key, value in raw.items():
         if key not in REPORT_KEYS:
@@ -423,6 +423,13 @@ def _report(path, experiment, metric: str, raw) -> dict[str, Any]:
         _fail(path, "report.curve", f"expected one of {', '.join(experiment.metrics)} (what {experiment.name} reports), got {curve!r}")
     if not isinstance(raw.get("percent", False), bool):
         _fail(path, "report.percent", f"expected true or false, got {raw['percent']!r}")
+    if raw.get("std", "sample") not in ("sample", "population"):
+        _fail(path, "report.std", f"expected sample or population, got {raw['std']!r}")
+    if raw.get("best", "per_column") not in ("per_column", "per_row"):
+        _fail(path, "report.best", f"expected per_column or per_row, got {raw['best']!r}")
+    decimals = raw.get("decimals")
+    if decimals is not None and (not isinstance(decimals, int) or isinstance(decimals, bool) or not 0 <= decimals <= 8):
+        _fail(path, "report.decimals", f"expected an integer from 0 to 8, got {decimals!r}")
     out = dict(raw)
     if "labels" in raw:
         out["labels"] = _labels(path, raw["labels"])
