@@ -391,5 +391,5 @@ def test_table_2_layout_takes_the_better_lsuv_setting_per_cell():
     rational = next(line for line in md.splitlines() if "| rational |" in line)
     assert "**87.00 ± 0.00 (2) lsuv=True**" in rational and "**85.00 ± 0.00 (2) lsuv=False**" in rational  # best per column
     csv_rows = results.table(sweep, results.Layout.of(sweep), "csv").splitlines()
-    assert csv_rows[0] == "model,activation,rational.init,norm,lsuv,best_test_acc_mean,best_test_acc_std,n,diverged,failed,missing,mark,minutes"
+    assert csv_rows[0] == "model,activation,rational.init,norm,lsuv,best_test_acc_mean,best_test_acc_std,n,diverged,failed,missing,mark,minutes,caveat"
     assert len(csv_rows) == 1 + 4

@@ -401,3 +401,14 @@ def test_smoke_sweep_lands_final_score_num_params_and_plots_in_mlflow(datasets, 
     out = ratsweep(tmp_path, "report", "rl_smoke", "--include-smoke").stdout
     [row] = [line for line in out.splitlines() if line.startswith("| hopper |")]
     assert "mean ± std (population)" in out and row.count("**") == 2 and row.count("*") == 6, out  # best and second in the row
+
+
+@pytest.mark.parametrize("name, experiment, table", [("rl_iql_table3", "iql", "table3"), ("rl_td3bc_table4", "td3bc", "table4")])
+def test_table_spaces_pin_the_papers_settings_and_lay_out_its_table(name, experiment, table):
+    [space] = load_space(name)
+    assert space.experiment == experiment and space.metric == "final_normalized_score" and len(space.trials()) == 60
+    config = space.build_config(space.trials()[0])
+    assert (config.tf32, config.score_reference, config.updates, config.eval_every, config.eval_episodes) == (True, "measured", 300_000, 10_000, 20)
+    assert space.search_space["activation"].values == ("gelu", "relu", "silu", "rational")  # the paper's column order
+    assert 0 < space.resources["gpu"] <= 0.125  # eight or more trials share a GPU
+    assert space.report["paper"] == table and space.report["std"] == "population" and space.report["best"] == "per_row"

@@ -112,7 +112,7 @@ def test_report_tables_and_plots(smoke_sweep):
     assert (cwd / "plots" / "learning_curves.png").stat().st_size > 5000
     assert list((cwd / "plots").glob("*rational*/rational_1.png"))
     csv_lines = ratsweep(cwd, "report", "e2e_approx", "--format", "csv", "--group-by", "activation", "--include-smoke").stdout.splitlines()
-    assert csv_lines[0] == "activation,max_abs_err_mean,max_abs_err_std,n,diverged,failed,missing,mark,minutes" and len(csv_lines) == 3
+    assert csv_lines[0] == "activation,max_abs_err_mean,max_abs_err_std,n,diverged,failed,missing,mark,minutes,caveat" and len(csv_lines) == 3
     latex = ratsweep(cwd, "report", "e2e_approx", "--format", "latex", "--include-smoke").stdout
     assert latex.startswith(r"\begin{tabular}") and r"\textbf{" in latex
 

@@ -435,9 +435,10 @@ def train(config: OfflineRLConfig, session: Session,
         reference = d4rl_reference(config.task)
         session.log_params(caveat=D4RL_CAVEAT)
 
-    seed_everything(config.seed)
-    generator = torch.Generator(device).manual_seed(config.seed)  # batches and every algorithm draw
-    probe = torch.Generator(device).manual_seed(config.seed + 1)  # the plots' batch, apart from training's
+    seed_everything(config.seed)  # the networks' init
+    # batches and every algorithm draw; then the plots' batch: streams apart from the init's
+    generator, probe = (torch.Generator(device).manual_seed(int(np.random.SeedSequence([config.seed, stream]).generate_state(1)[0]))
+                        for stream in (1, 2))
     obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
     algorithm = make_algorithm(config, obs_dim, act_dim, device, generator)
     scale = data.reward_scale() if algorithm.scales_rewards else 1.0
