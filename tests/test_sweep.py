@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from helpers import artifacts, mlflow_client, ratsweep, trial_runs
-from synthetic_data import write_cifar10
+from synthetic_data import write_cifar10, write_minari
 
 from ratsweep import cli, registry
 from ratsweep.sweep.space import load
@@ -256,9 +256,11 @@ def test_best_yaml_reruns_every_experiments_default_config(tmp_path, plugin_env)
     """best --format yaml -> validate -> run --smoke, for the default config of every registered
     experiment and the plugin's (None and "" defaults included: rational.lr_mult, note)."""
     metrics = {"approx": "{name: mse, mode: min}", "digits": "{name: best_test_acc, mode: max}",
-               "cifar10": "{name: best_test_acc, mode: max}", "toy": "{name: mse, mode: min}"}
+               "cifar10": "{name: best_test_acc, mode: max}", "iql": "{name: final_normalized_score, mode: max}",
+               "td3bc": "{name: final_normalized_score, mode: max}", "toy": "{name: mse, mode: min}"}
     assert set(metrics) == set(registry.experiments()) | {"toy"}  # a new experiment joins this test
     data = write_cifar10(tmp_path / "data", train_per_batch=20, test=20)
+    plugin_env = {**plugin_env, "MINARI_DATASETS_PATH": str(write_minari(tmp_path / "minari", tasks=("halfcheetah",), episodes=2, steps=20))}
     docs = [f"name: rt_{name}\nexperiment: {name}\nmetric: {metric}\nconfig: {{activation: rational}}\n"
             for name, metric in metrics.items()]
     (tmp_path / "defaults.yaml").write_text("---\n".join(docs))
@@ -267,7 +269,7 @@ def test_best_yaml_reruns_every_experiments_default_config(tmp_path, plugin_env)
     best = [ratsweep(tmp_path, "best", f"rt_{name}", "--format", "yaml", "--include-smoke", env=plugin_env).stdout for name in metrics]
     assert "lr_mult: null" in best[-1] and "note: ''" in best[-1]
     (tmp_path / "best.yaml").write_text("---\n".join(best))
-    assert ratsweep(tmp_path, "validate", "best.yaml", env=plugin_env).stdout.count(": ok (") == 4
+    assert ratsweep(tmp_path, "validate", "best.yaml", env=plugin_env).stdout.count(": ok (") == len(metrics)
     ratsweep(tmp_path, "run", "best.yaml", *run, env=plugin_env, timeout=600)
     for name in metrics:
         [rerun], _ = trial_runs(mlflow_client(tmp_path), f"rt_{name}_best")
