@@ -1,6 +1,9 @@
 // Per-element math of the rational activation F(x) = P(x) / Q(x), shared by the CUDA kernels
 // (rational.cu, compiled by NVRTC/nvcc) and the CPU kernels (rational_cpu.cpp, compiled by the host
-// C++ compiler), so both paths compute exactly the same function.
+// C++ compiler), so both paths compute the same function, with one exception: CuPy compiles with
+// -ftz=true, so on the GPU fp32 subnormals (|v| < 1.2e-38) in inputs, intermediates and outputs
+// flush to zero, while the CPU path keeps them unless the thread flushes denormals (ratsweep's
+// trials do by default; torch.set_flush_denormal). fp64 is unaffected. Tested both ways.
 //
 // Compile-time configuration (one build per degree pair and version):
 //   RS_NUM_DEGREE m   numerator degree, coefficients a_0..a_m

@@ -44,3 +44,23 @@ def naive_grads(x, a, b, version, dy):
     y = naive_rational(x, a, b, version)
     y.backward(dy.double())
     return y.detach(), x.grad, a.grad, b.grad
+
+
+def coefficient_scales(x, a, b, version, dy):
+    """Per coefficient, sum_i |dy_i| |dF(x_i)/dc| in float64: the scale of the sum a backend
+    accumulates for that coefficient's gradient, so each component is checked against its own size
+    (a component that is 1e-4 of the gradient's norm is still checked)."""
+    x, dy = x.detach().double(), dy.detach().double()
+    coefficients = torch.cat([a.detach().double(), b.detach().double()])
+    m = len(a)
+    jacobian = torch.func.jacfwd(lambda c: naive_rational(x, c[:m], c[m:], version))(coefficients)  # N x K
+    scales = (dy.abs()[:, None] * jacobian.abs()).sum(0)
+    return scales[:m], scales[m:]
+
+
+def assert_coefficient_grads(got, want, scale, tol, name):
+    """Every component of a coefficient gradient within tol x its own scale (coefficient_scales),
+    not of the whole vector's norm."""
+    error = (got.detach().double().cpu() - want).abs()
+    bad = error > tol * scale + 1e-300
+    assert not bad.any(), f"{name}[{bad.nonzero().flatten().tolist()}]: error {error[bad].tolist()} vs scale {scale[bad].tolist()}"

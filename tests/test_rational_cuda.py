@@ -1,24 +1,38 @@
-"""The CUDA backend against the float64 reference. Skipped without a CUDA GPU and CuPy."""
+"""The CUDA backend against the float64 reference.
+
+The bodies of the tests that can run anywhere also run on the `cpu` and `torch` backends (on CPU
+tensors), so a wrong expectation shows up on machines without a GPU; their `cuda` cases run where
+CUDA is, and fail with the install hint (instead of skipping) where CUDA is but CuPy is not.
+"""
 
 import pytest
 import torch
-from naive import naive_grads, random_coefficients
+from naive import assert_coefficient_grads, coefficient_scales, naive_grads, random_coefficients
 
-from ratsweep.rational import Rational, cuda, reference, resolve_backend
+from ratsweep.rational import Rational, cuda, functional, reference, resolve_backend
 from ratsweep.rational.functional import rational
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not cuda.available(), reason="CuPy is not installed"),
-]
 VERSIONS = ("A", "B", "C")
-# (dtype, relative tolerance for outputs/dx, for coefficient gradients)
+BACKENDS = [pytest.param("cuda", marks=pytest.mark.gpu), "cpu", "torch"]
+# (dtype, relative tolerance for outputs/dx, for each coefficient gradient relative to its own scale)
 DTYPES = [
     (torch.float64, 1e-12, 1e-12),
     (torch.float32, 1e-6, 1e-5),
     (torch.float16, 2e-3, 1e-4),
     (torch.bfloat16, 1.6e-2, 1e-4),
 ]
+
+
+def require_cupy() -> None:
+    """On a CUDA machine, CuPy missing is a failure with the fix, never a silent skip."""
+    if not cuda.available():
+        pytest.fail("CUDA is available but CuPy is not installed: pip install -e '.[test,cuda12]' or '.[test,cuda13]'")
+
+
+def device_of(backend: str) -> str:
+    if backend == "cuda":
+        require_cupy()
+    return "cuda" if backend == "cuda" else "cpu"
 
 
 def rel_err(got, want):
@@ -30,29 +44,53 @@ def exact(x, dy, a, b, version):
     return naive_grads(x.double().cpu(), a.double().cpu(), b.double().cpu(), version, dy.double().cpu())
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("degrees", [(1, 1), (5, 4), (8, 8)])
 @pytest.mark.parametrize("dtype,tol,coef_tol", DTYPES, ids=lambda v: str(v))
-def test_matches_float64_reference(version, degrees, dtype, tol, coef_tol):
+def test_matches_float64_reference(backend, version, degrees, dtype, tol, coef_tol):
+    device = device_of(backend)
     g = torch.Generator().manual_seed(0)
-    a, b = random_coefficients(degrees, version, g, dtype=torch.float32)
-    x = (torch.randn(1 << 20, generator=g) * 1.5).clamp(-3, 3).to(dtype)
-    dy = torch.randn(1 << 20, generator=g).to(dtype)
+    coef_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # float32 coefficients cannot give 1e-12
+    a, b = random_coefficients(degrees, version, g, dtype=coef_dtype)
+    n = 1 << 20 if device == "cuda" else 1 << 16  # many blocks on a GPU; the CPU backends run in CI
+    x = (torch.randn(n, generator=g) * 1.5).clamp(-3, 3).to(dtype)
+    dy = torch.randn(n, generator=g).to(dtype)
     want_y, want_dx, want_da, want_db = exact(x, dy, a, b, version)
-    xs = x.cuda().requires_grad_()
-    as_, bs = a.cuda().requires_grad_(), b.cuda().requires_grad_()
-    y = rational(xs, as_, bs, version, "cuda")
-    y.backward(dy.cuda())
-    assert y.dtype == dtype and xs.grad.dtype == dtype and as_.grad.dtype == torch.float32
+    scale_a, scale_b = coefficient_scales(x, a, b, version, dy)
+    xs = x.to(device).requires_grad_()
+    as_, bs = a.to(device).requires_grad_(), b.to(device).requires_grad_()
+    y = rational(xs, as_, bs, version, backend)
+    y.backward(dy.to(device))
+    assert y.dtype == dtype and xs.grad.dtype == dtype and as_.grad.dtype == coef_dtype and bs.grad.dtype == coef_dtype
     scale = 10 if max(degrees) > 5 else 1  # degree-8 random polynomials cancel (see test_rational_numerics)
     assert rel_err(y, want_y) < tol * scale
     assert rel_err(xs.grad, want_dx) < tol * scale * 2
-    assert rel_err(as_.grad, want_da) < coef_tol * scale
-    assert rel_err(bs.grad, want_db) < coef_tol * scale
+    assert_coefficient_grads(as_.grad, want_da, scale_a, coef_tol * scale, "numerator")
+    assert_coefficient_grads(bs.grad, want_db, scale_b, coef_tol * scale, "denominator")
+
+
+def test_a_dropped_coefficient_gradient_is_caught():
+    """The component-wise check fails where the norm-wise one passed: b_0 of (8, 8) version C is
+    about 2e-4 of the gradient's norm, under the half-precision rows' norm tolerance."""
+    g = torch.Generator().manual_seed(0)
+    a, b = random_coefficients((8, 8), "C", g, dtype=torch.float32)
+    x = (torch.randn(1 << 14, generator=g) * 1.5).clamp(-3, 3)
+    dy = torch.randn(1 << 14, generator=g)
+    _, _, _, want_db = exact(x, dy, a, b, "C")
+    _, scale_b = coefficient_scales(x, a, b, "C", dy)
+    dropped = want_db.clone()
+    dropped[0] = 0
+    half_tol = 1e-4 * 10  # the fp16/bf16 rows' tolerance at degree 8
+    assert rel_err(dropped, want_db) < half_tol  # a norm-wise check lets the bug through
+    with pytest.raises(AssertionError, match=r"denominator\[\[0\]\]"):
+        assert_coefficient_grads(dropped, want_db, scale_b, half_tol, "denominator")
 
 
 @pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.gpu
 def test_gradcheck_float64(version):
+    require_cupy()
     g = torch.Generator().manual_seed(1)
     a, b = random_coefficients((3, 2), version, g, conditioned=False)
     x = torch.randn(301, dtype=torch.float64, generator=g)
@@ -61,36 +99,49 @@ def test_gradcheck_float64(version):
 
 
 @pytest.mark.parametrize(
-    "make",
-    [
-        lambda dt: torch.randn(1, device="cuda").to(dt),
-        lambda dt: torch.randn(7, device="cuda").to(dt),  # shorter than one vector
-        lambda dt: torch.randn(4099, device="cuda").to(dt),  # a vector tail
-        lambda dt: torch.randn((1 << 22) + 5, device="cuda").to(dt)[1:],  # misaligned start: scalar path
-        lambda dt: torch.randn(8, 16, 33, 33, device="cuda").to(dt).to(memory_format=torch.channels_last),
-        lambda dt: torch.randn(300, 257, device="cuda").to(dt).t(),  # non-contiguous
-    ],
+    "shape",
+    [(1,), (7,), (4099,), "misaligned", "channels_last", "transposed"],
     ids=["one", "seven", "tail", "misaligned", "channels_last", "transposed"],
 )
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_shapes_and_layouts(make, dtype):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shapes_and_layouts(backend, shape, dtype, monkeypatch):
+    device = device_of(backend)
     a, b = random_coefficients((5, 4), "A", torch.Generator().manual_seed(2), dtype=torch.float32)
-    x = make(dtype)
-    if x.numel() > 4099:
-        assert x.data_ptr() % 16 != 0 or x.dim() == 4 or not x.is_contiguous()
-    dy = torch.randn(x.shape, device="cuda").to(dtype)
-    xs = x.clone().requires_grad_()
-    # poison what the caching allocator hands out next, so unwritten outputs show up
-    torch.empty(x.numel() * 4, device="cuda").fill_(float("nan"))
-    y = rational(xs, a.cuda(), b.cuda(), "A", "cuda")
+    if shape == "misaligned":  # a view starting one element in: not on a 16-byte boundary, so the scalar path
+        base = torch.randn((1 << 18) + 5, device=device).to(dtype).requires_grad_()
+        xs = base[1:]
+    elif shape == "channels_last":
+        xs = torch.randn(8, 16, 33, 33, device=device).to(dtype).to(memory_format=torch.channels_last).requires_grad_()
+    elif shape == "transposed":  # non-contiguous
+        xs = torch.randn(300, 257, device=device).to(dtype).t().detach().requires_grad_()
+    else:
+        xs = torch.randn(shape, device=device).to(dtype).requires_grad_()
+    dy = torch.randn(xs.shape, device=device).to(dtype)
+    seen, vectors = [], []
+    call = functional._call
+    monkeypatch.setattr(functional, "_call", lambda method, *args: seen.append((method, args[3] if method == "backward" else args[2])) or call(method, *args))
+    geometry = cuda._geometry
+    monkeypatch.setattr(cuda, "_geometry", lambda tensors: vectors.append(geometry(tensors)[0]) or geometry(tensors))
+    if device == "cuda":  # poison what the caching allocator hands out next, so unwritten outputs show up
+        torch.empty(xs.numel() * 4, device="cuda").fill_(float("nan"))
+    y = rational(xs, a.to(device), b.to(device), "A", backend)
     y.backward(dy)
-    assert y.shape == x.shape and torch.isfinite(y).all() and torch.isfinite(xs.grad).all()
-    want_y, want_dx, _, _ = exact(x, dy, a, b, "A")
-    tol = 1e-6 if dtype == torch.float32 else 1.6e-2
-    assert rel_err(y, want_y) < tol and rel_err(xs.grad, want_dx) < 2 * tol
+    grad = base.grad[1:] if shape == "misaligned" else xs.grad
+    assert y.shape == xs.shape and torch.isfinite(y).all() and torch.isfinite(grad).all()
+    if shape == "misaligned":  # what the backend received is the misaligned view itself, forward and backward
+        assert [method for method, _ in seen] == ["forward", "backward"]
+        assert all(x.data_ptr() % 16 != 0 and x.data_ptr() == xs.data_ptr() for _, x in seen)
+        if backend == "cuda":
+            assert vectors == [1, 1]  # one element per load: the scalar path
+    want_y, want_dx, _, _ = exact(xs.detach(), dy, a, b, "A")
+    tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    assert rel_err(y, want_y) < tol and rel_err(grad, want_dx) < 2 * tol
 
 
+@pytest.mark.gpu
 def test_empty_tensor():
+    require_cupy()
     x = torch.empty(0, 5, device="cuda", requires_grad=True)
     a, b = torch.randn(6, device="cuda", requires_grad=True), torch.randn(4, device="cuda", requires_grad=True)
     y = rational(x, a, b, "A", "cuda")
@@ -98,7 +149,9 @@ def test_empty_tensor():
     assert y.shape == (0, 5) and torch.equal(a.grad, torch.zeros_like(a))
 
 
+@pytest.mark.gpu
 def test_deterministic_mode_is_bitwise_reproducible():
+    require_cupy()
     a, b = random_coefficients((5, 4), "A", torch.Generator().manual_seed(3), dtype=torch.float32)
     a, b = a.cuda(), b.cuda()
     x, dy = torch.randn(1 << 22, device="cuda"), torch.randn(1 << 22, device="cuda")
@@ -115,20 +168,29 @@ def test_deterministic_mode_is_bitwise_reproducible():
         assert rel_err(u, v) < 1e-5
 
 
+@pytest.mark.gpu
 def test_runs_on_the_current_stream():
+    """The side stream is kept busy (a GPU spin) before it writes the input, so a kernel launched on
+    any other stream would run first and read the NaNs the input held: the result must be exact."""
+    require_cupy()
     a, b = random_coefficients((5, 4), "B", torch.Generator().manual_seed(4), dtype=torch.float32)
+    a, b = a.cuda(), b.cuda()
     x = torch.randn(1 << 22, device="cuda")
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        x2 = x * 2  # queued on the side stream; the kernel must run after it on the same stream
-        y = rational(x2, a.cuda(), b.cuda(), "B", "cuda")
+        x2 = torch.full_like(x, float("nan"))
+        torch.cuda._sleep(100_000_000)  # ~50 ms of spinning queued ahead of the write
+        x2.copy_(x).mul_(2)
+        y = rational(x2, a, b, "B", "cuda")
     torch.cuda.current_stream().wait_stream(side)
-    want = reference.forward((x * 2).double(), a.double().cuda(), b.double().cuda(), "B")
-    assert rel_err(y, want) < 1e-6
+    want = reference.forward((x * 2).double(), a.double(), b.double(), "B")
+    assert torch.isfinite(y).all() and rel_err(y, want) < 1e-6
 
 
+@pytest.mark.gpu
 def test_module_under_autocast_and_compile():
+    require_cupy()
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), Rational(init="gelu"), torch.nn.Conv2d(8, 4, 1)).cuda()
     assert resolve_backend("auto", torch.device("cuda")) == "cuda"
@@ -141,9 +203,11 @@ def test_module_under_autocast_and_compile():
     assert torch.allclose(compiled(x), model(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("version", VERSIONS)
 def test_half_precision_large_inputs_stay_finite(dtype, version):
+    require_cupy()
     a, b = random_coefficients((5, 4), version, torch.Generator().manual_seed(5), dtype=torch.float32)
     b = b.abs() + 0.05
     x = torch.linspace(-1e4, 1e4, 40001).to(dtype)
@@ -155,3 +219,19 @@ def test_half_precision_large_inputs_stay_finite(dtype, version):
     y.backward(torch.ones_like(y))
     assert torch.isfinite(y.cpu()[representable]).all()
     assert torch.isfinite(as_.grad).all() and torch.isfinite(bs.grad).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fp32_subnormals_flush_to_zero_on_the_gpu_only(backend):
+    """CuPy builds with -ftz=true: the GPU flushes fp32 subnormals, the CPU paths keep them
+    (rational_math.h says so)."""
+    device = device_of(backend)
+    torch.set_flush_denormal(False)  # torch's default; the sweep's trials turn flushing on
+    a, b = torch.tensor([0.0, 1.0, 0, 0, 0, 0]), torch.zeros(4)  # F(x) = x exactly
+    x = torch.tensor([1e-40, -3e-39, 1e-30, 2.0])
+    assert x[0] != 0 and x[0].abs() < torch.finfo(torch.float32).tiny  # subnormal
+    y = rational(x.to(device), a.to(device), b.to(device), "A", backend).cpu()
+    if backend == "cuda":
+        assert torch.equal(y, torch.tensor([0.0, 0.0, 1e-30, 2.0]))
+    else:
+        assert torch.equal(y, x)

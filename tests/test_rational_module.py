@@ -334,3 +334,21 @@ def test_bad_dtype_and_version_are_rejected():
         R.rational(torch.arange(5), a, b)
     with pytest.raises(ValueError, match="version:"):
         R.rational(torch.randn(5), a, b, "Q")
+
+
+def test_a_compiler_that_cannot_run_falls_back_with_a_warning_at_the_users_line(monkeypatch, tmp_path):
+    """An OSError from the toolchain probe (a compiler that exists but cannot be executed) is a
+    KernelError: `auto` warns, naming the line in the user's code that ran the model, and goes on."""
+    fake = tmp_path / "c++"
+    fake.write_bytes(b"\x7fELF not really a compiler")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    monkeypatch.setattr(functional, "_disabled", {})
+    monkeypatch.setattr(cpu, "_libraries", {})
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), R.Rational(init="relu"))
+    with pytest.warns(RuntimeWarning, match="could not run the C\\+\\+ compiler") as caught:
+        y = model(torch.randn(3, 4))  # the user's line
+    assert caught[0].filename == __file__ and "model(torch.randn(3, 4))" in open(__file__).read().splitlines()[caught[0].lineno - 1]
+    assert torch.isfinite(y).all()
+    with pytest.raises(KernelError, match="could not run the C\\+\\+ compiler"):
+        R.rational(torch.randn(5), torch.randn(6), torch.randn(4), "A", "cpu")

@@ -92,7 +92,11 @@ def _load(degrees: tuple[int, int], version: str) -> ctypes.CDLL:
         raise KernelError(f"no C++ compiler found (CXX={os.environ.get('CXX', '')!r}; install g++ or set CXX)")
     source = kernel_source("rational_cpu.cpp")
     defines = compile_defines(degrees, version)
-    digest = hashlib.sha256("\0".join([source, *FLAGS, *defines, _toolchain_id(cxx)]).encode()).hexdigest()
+    try:
+        toolchain = _toolchain_id(cxx)
+    except OSError as e:  # a compiler that cannot be run (not executable, wrong architecture)
+        raise KernelError(f"could not run the C++ compiler {cxx}: {e}") from e
+    digest = hashlib.sha256("\0".join([source, *FLAGS, *defines, toolchain]).encode()).hexdigest()
     m, n = degrees
     path = cache_dir() / f"rational_cpu_{m}_{n}_{version}_{digest[:16]}.so"
     if not path.exists():

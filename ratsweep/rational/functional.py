@@ -14,7 +14,9 @@ implementation, so compiled models call it without a graph break. `backend`:
 
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -30,6 +32,18 @@ _INSTALL_HINT = {
 _disabled: dict[str, str] = {}
 
 
+_INTERNAL = (str(Path(__file__).parent.parent), str(Path(torch.__file__).parent))  # ratsweep's and torch's frames
+
+
+def _user_stacklevel() -> int:
+    """The stacklevel of the first frame outside ratsweep and torch (the user's model call), for
+    warnings.warn called from this module's caller's caller; how deep that is depends on the path in."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _disable(name: str, reason: str) -> None:
     if name not in _disabled:
         _disabled[name] = reason
@@ -37,7 +51,7 @@ def _disable(name: str, reason: str) -> None:
             f"ratsweep: the {name} rational kernels are unavailable ({reason}); "
             f"falling back to the slower torch path. To fix: {_INSTALL_HINT[name]}.",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=_user_stacklevel(),
         )
 
 
