@@ -262,6 +262,7 @@ def key_docs(cls, prefix: str = "", when: str = "") -> list[KeyDoc]:
 def _field_comments(cls) -> dict[str, str]:
     """`name: type = default  # comment` lines of the class's source (and its dataclass bases'), by field name."""
     out: dict[str, str] = {}
+    fields = _fields(cls)
     for klass in cls.__mro__:  # a subclass that changes a default keeps its base's comment unless it has its own
         if not dataclasses.is_dataclass(klass):
             continue
@@ -271,7 +272,7 @@ def _field_comments(cls) -> dict[str, str]:
             continue
         for line in source.splitlines():
             match = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
-            if match and match.group(1) in _fields(cls):
+            if match and match.group(1) in fields:
                 out.setdefault(match.group(1), match.group(2).strip())
     return out
 

@@ -23,13 +23,14 @@ from torch import nn
 
 from ..config import check
 from ..registry import register_experiment
-from .common import activation_factory, rational_param_groups
+from .common import activation_factory
 from .offline_rl import (
     OFFLINE_METRICS,
     SMOKE,
     Batch,
     Critic,
     OfflineRLConfig,
+    adam,
     frozen_copy,
     mlp,
     optimize,
@@ -103,10 +104,7 @@ class IQL:
         self.q1_target, self.q2_target = frozen_copy(self.q1), frozen_copy(self.q2)
         self.networks = nn.ModuleDict({"q1": self.q1, "q2": self.q2, "v": self.v, "actor": self.actor})
 
-        def adam(*modules: nn.Module) -> torch.optim.Adam:
-            return torch.optim.Adam(rational_param_groups(nn.ModuleList(modules), config.lr, config.rational.lr_mult), lr=config.lr)
-
-        self.q_optimizer, self.v_optimizer, self.actor_optimizer = adam(self.q1, self.q2), adam(self.v), adam(self.actor)
+        self.q_optimizer, self.v_optimizer, self.actor_optimizer = adam(config, self.q1, self.q2), adam(config, self.v), adam(config, self.actor)
         self.actor_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_optimizer, T_max=config.updates, eta_min=0.0)
         self.parts = {
             "networks": self.networks, "q1_target": self.q1_target, "q2_target": self.q2_target,
@@ -148,12 +146,6 @@ class IQL:
 
     def act(self, observations: torch.Tensor) -> torch.Tensor:
         return self.actor(observations)
-
-    def probe(self, batch: Batch) -> None:
-        for critic in (self.q1, self.q2):
-            critic(batch.observations, batch.actions)
-        self.v(batch.observations)
-        self.actor(batch.observations)
 
 
 @register_experiment("iql", config=IQLConfig, datasets=("minari",), smoke=SMOKE,

@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -46,6 +46,7 @@ from .common import (
     plot_rational_evolution,
     plot_rationals,
     rational_field,
+    rational_param_groups,
     rational_snapshot,
     restore,
     save_learning_curve,
@@ -171,12 +172,12 @@ class OfflineDataset:
     episode_returns: np.ndarray  # summed reward per episode
     max_action: float  # max |high| of the action space
 
-    @property
+    @cached_property  # read for the transitions and again for evaluation
     def obs_mean(self) -> np.ndarray:
         """Mean of s over the whole dataset (accumulated in float64), float32."""
         return self.observations.mean(0, dtype=np.float64).astype(np.float32)
 
-    @property
+    @cached_property
     def obs_std(self) -> np.ndarray:
         """Population std of s over the whole dataset, floored at STD_FLOOR, float32."""
         return np.maximum(self.observations.std(0, dtype=np.float64), STD_FLOOR).astype(np.float32)
@@ -274,6 +275,11 @@ def polyak(target: nn.Module, online: nn.Module, tau: float) -> None:
     torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
 
 
+def adam(config: OfflineRLConfig, *modules: nn.Module) -> torch.optim.Adam:
+    """Adam over the modules' parameters at config.lr, the rational coefficients at lr x lr_mult."""
+    return torch.optim.Adam(rational_param_groups(nn.ModuleList(modules), config.lr, config.rational.lr_mult), lr=config.lr)
+
+
 def optimize(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -284,7 +290,7 @@ class Algorithm(Protocol):
     """What `train` needs of an offline-RL algorithm."""
 
     scales_rewards: bool  # IQL divides rewards by the dataset's return range; TD3+BC does not
-    networks: nn.ModuleDict  # the trained networks (not targets): parameters counted, rationals plotted
+    networks: nn.ModuleDict  # the trained networks, not targets (a Critic takes (s, a), any other s): counted, plotted
     parts: dict[str, Any]  # everything with a state_dict a resumed run needs (targets, optimizers, schedules)
 
     def update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
@@ -292,9 +298,6 @@ class Algorithm(Protocol):
 
     def act(self, observations: torch.Tensor) -> torch.Tensor:
         """Deterministic actions in [-1, 1] for normalized observations."""
-
-    def probe(self, batch: Batch) -> None:
-        """Run every network once on the batch (to capture what its rationals receive)."""
 
 
 # ---- evaluation and normalized score ----------------------------------------------------------
@@ -505,7 +508,11 @@ def save_artifacts(algorithm: Algorithm, transitions: Transitions, generator: to
                         steps=[m["updates"] for m in history], step_label="updates")
     batch = transitions.sample(min(len(transitions), 4096), generator)
     with evaluating(algorithm.networks), capture_inputs(algorithm.networks) as seen:
-        algorithm.probe(batch)
+        for network in algorithm.networks.values():  # critics take (s, a), every other network s
+            if isinstance(network, Critic):
+                network(batch.observations, batch.actions)
+            else:
+                network(batch.observations)
     plot_rationals(algorithm.networks, session.artifact_dir, inputs=seen)
     plot_rational_evolution(algorithm.networks, shapes, seen, session.artifact_dir / "rational_evolution.png")
 

@@ -21,13 +21,14 @@ from torch import nn
 
 from ..config import check
 from ..registry import register_experiment
-from .common import activation_factory, rational_param_groups
+from .common import activation_factory
 from .offline_rl import (
     OFFLINE_METRICS,
     SMOKE,
     Batch,
     Critic,
     OfflineRLConfig,
+    adam,
     frozen_copy,
     mlp,
     optimize,
@@ -79,10 +80,7 @@ class TD3BC:
         self.actor_target, self.q1_target, self.q2_target = frozen_copy(self.actor), frozen_copy(self.q1), frozen_copy(self.q2)
         self.networks = nn.ModuleDict({"q1": self.q1, "q2": self.q2, "actor": self.actor})
 
-        def adam(*modules: nn.Module) -> torch.optim.Adam:
-            return torch.optim.Adam(rational_param_groups(nn.ModuleList(modules), config.lr, config.rational.lr_mult), lr=config.lr)
-
-        self.q_optimizer, self.actor_optimizer = adam(self.q1, self.q2), adam(self.actor)
+        self.q_optimizer, self.actor_optimizer = adam(config, self.q1, self.q2), adam(config, self.actor)
         self.parts = {
             "networks": self.networks, "actor_target": self.actor_target, "q1_target": self.q1_target,
             "q2_target": self.q2_target, "q_optimizer": self.q_optimizer, "actor_optimizer": self.actor_optimizer,
@@ -116,11 +114,6 @@ class TD3BC:
 
     def act(self, observations: torch.Tensor) -> torch.Tensor:
         return self.actor(observations)
-
-    def probe(self, batch: Batch) -> None:
-        for critic in (self.q1, self.q2):
-            critic(batch.observations, batch.actions)
-        self.actor(batch.observations)
 
 
 @register_experiment("td3bc", config=TD3BCConfig, datasets=("minari",), smoke=SMOKE,
