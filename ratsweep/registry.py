@@ -29,7 +29,7 @@ from .config import did_you_mean
 ENTRY_POINT_GROUPS = ("ratsweep.experiments", "ratsweep.architectures")
 # ratsweep's own experiments: found without installed metadata, e.g. from a source checkout.
 BUILTIN_MODULES = ("ratsweep.experiments.approx", "ratsweep.experiments.digits", "ratsweep.experiments.cifar10",
-                   "ratsweep.experiments.iql", "ratsweep.experiments.td3bc")
+                   "ratsweep.experiments.iql", "ratsweep.experiments.td3bc", "ratsweep.experiments.tinyimagenet")
 
 
 @dataclass(frozen=True)

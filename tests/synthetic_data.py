@@ -72,3 +72,44 @@ def write_minari(root: Path, tasks=tuple(MINARI_ENVS), episodes: int = 4, steps:
         else:
             os.environ["MINARI_DATASETS_PATH"] = previous
     return Path(root)
+
+
+def write_tinyimagenet(root: Path, train_per_class: int = 2, val_per_class: int = 1, seed: int = 0, grayscale_every: int = 7) -> Path:
+    """root/tiny-imagenet-200 in the Stanford layout: wnids.txt (200 ids), words.txt,
+    train/<wnid>/images/<wnid>_<i>.JPEG with train/<wnid>/<wnid>_boxes.txt, val/images/val_<i>.JPEG
+    with val/val_annotations.txt (file, wnid, box), test/images/. 64 x 64 JPEGs of class-coloured
+    noise; every `grayscale_every`-th one is grayscale, as some of the real ones are."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "tiny-imagenet-200"
+    wnids = [f"n{10_000_000 + 7919 * i:08d}" for i in range(200)]
+    colours = rng.integers(40, 216, size=(200, 1, 1, 3))
+    count = 0
+
+    def jpeg(path: Path, label: int) -> None:
+        nonlocal count
+        pixels = np.clip(colours[label] + rng.normal(0, 40, size=(64, 64, 3)), 0, 255).astype(np.uint8)
+        image = Image.fromarray(pixels)
+        count += 1
+        (image.convert("L") if count % grayscale_every == 0 else image).save(path, "JPEG", quality=90)
+
+    for label, wnid in enumerate(wnids):
+        images = folder / "train" / wnid / "images"
+        images.mkdir(parents=True)
+        boxes = []
+        for i in range(train_per_class):
+            jpeg(images / f"{wnid}_{i}.JPEG", label)
+            boxes.append(f"{wnid}_{i}.JPEG\t0\t0\t63\t63")
+        (folder / "train" / wnid / f"{wnid}_boxes.txt").write_text("\n".join(boxes) + "\n")
+    (folder / "val" / "images").mkdir(parents=True)
+    annotations = []
+    for i in range(200 * val_per_class):
+        label = i % 200
+        jpeg(folder / "val" / "images" / f"val_{i}.JPEG", label)
+        annotations.append(f"val_{i}.JPEG\t{wnids[label]}\t0\t0\t63\t63")
+    (folder / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
+    (folder / "test" / "images").mkdir(parents=True)
+    (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (folder / "words.txt").write_text("".join(f"{w}\tsynthetic class {i}\n" for i, w in enumerate(wnids)))
+    return Path(root)

@@ -64,6 +64,14 @@ def validate(path, capsys) -> tuple[int, str]:
         (HEADER + "report: {curve: accuracy}\n", "report.curve", "one of mse, max_abs_err"),
         (HEADER + "report: {percent: 100}\n", "report.percent", "true or false"),
         ("name: t\nexperiment: [approx\n", "not valid YAML", "line"),
+        (HEADER + "search_space:\n  - {activation: {grid: [relu]}, seed: 0}\n  - {activation: rational, depth: 3}\n",
+         "search_space[1]", "missing seed; extra depth"),
+        (HEADER + "search_space:\n  - {activation: relu}\n  - {activation: {grid: [gelo]}}\n", "search_space[1].activation.grid", "did you mean 'gelu'"),
+        (HEADER + "search_space:\n  - {lr: {uniform: [0.1, 1]}}\n  - {lr: {uniform: [0.1, 2]}}\n", "search_space[*].lr", "same range"),
+        (HEADER + "search_alg: {type: optuna}\nsearch_space:\n  - {activation: relu}\n  - {activation: gelu}\n",
+         "search_alg.type", "random or grid with a union"),
+        (HEADER + "scheduler: {type: pbt}\nsearch_space:\n  - {lr: {uniform: [0.1, 1]}}\n  - {lr: {uniform: [0.1, 1]}}\n",
+         "scheduler.type", "fifo or asha with a union"),
     ],
 )
 def test_schema_errors_are_one_line_naming_file_and_key(tmp_path, capsys, body, key, expected):
@@ -99,6 +107,28 @@ def test_conditional_keys_never_duplicate_trials(tmp_path):
     assert len(rational) == 2 * 2 * 3  # degrees x seeds x 3 samples of lr_mult
     assert len({repr(sorted(t.items())) for t in trials}) == len(trials)
     assert all(0.25 <= t["rational.lr_mult"] <= 16 for t in rational)
+
+
+def test_union_of_spaces_runs_each_space_once(tmp_path):
+    """A list of spaces (Table 5: three models with norms, then the ViT without) runs the union of
+    their trials, each distinct config once; constants in a space are that space's alone."""
+    [space] = load(write(tmp_path, HEADER + textwrap.dedent("""\
+        search_space:
+          - {depth: {grid: [1, 2]}, activation: {grid: [relu, rational]}, rational.degrees: {grid: [[3, 2]]}}
+          - {depth: 3, activation: {grid: [relu, rational]}, rational.degrees: {grid: [[3, 2], [5, 4]]}}
+          - {depth: 1, activation: relu, rational.degrees: [3, 2]}
+        """)))
+    trials = space.trials()
+    assert [(t["depth"], t["activation"], t.get("rational.degrees")) for t in trials] == [
+        (1, "relu", None), (1, "rational", [3, 2]), (2, "relu", None), (2, "rational", [3, 2]),
+        (3, "relu", None), (3, "rational", [3, 2]), (3, "rational", [5, 4])]  # the third space repeats the first's
+    assert space.trial_bound() == 4 + 4 + 1
+    assert space.search_space["depth"].values == (1, 2, 3) and space.search_space["rational.degrees"].values == ([3, 2], [5, 4])
+    assert "depth" not in space.config
+    [overridden] = load(space.path, {"depth": 4})
+    assert not any("depth" in t for t in overridden.trials()) and overridden.build_config(overridden.trials()[0]).depth == 4
+    param_space = search.search_algorithm(space, None)[1]
+    assert set(param_space) == {"depth", "activation", "rational.degrees"}  # Tune's columns: every searched key
 
 
 def test_overrides_replace_searched_keys(tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from helpers import artifacts, mlflow_client, ratsweep, trial_runs
-from synthetic_data import write_cifar10, write_minari
+from synthetic_data import write_cifar10, write_minari, write_tinyimagenet
 
 from ratsweep import cli, registry
 from ratsweep.sweep.space import load
@@ -257,9 +257,10 @@ def test_best_yaml_reruns_every_experiments_default_config(tmp_path, plugin_env)
     experiment and the plugin's (None and "" defaults included: rational.lr_mult, note)."""
     metrics = {"approx": "{name: mse, mode: min}", "digits": "{name: best_test_acc, mode: max}",
                "cifar10": "{name: best_test_acc, mode: max}", "iql": "{name: final_normalized_score, mode: max}",
-               "td3bc": "{name: final_normalized_score, mode: max}", "toy": "{name: mse, mode: min}"}
+               "td3bc": "{name: final_normalized_score, mode: max}", "tinyimagenet": "{name: best_ema_top1, mode: max}",
+               "toy": "{name: mse, mode: min}"}
     assert set(metrics) == set(registry.experiments()) | {"toy"}  # a new experiment joins this test
-    data = write_cifar10(tmp_path / "data", train_per_batch=20, test=20)
+    data = write_tinyimagenet(write_cifar10(tmp_path / "data", train_per_batch=20, test=20), train_per_class=1, val_per_class=1)
     plugin_env = {**plugin_env, "MINARI_DATASETS_PATH": str(write_minari(tmp_path / "minari", tasks=("halfcheetah",), episodes=2, steps=20))}
     docs = [f"name: rt_{name}\nexperiment: {name}\nmetric: {metric}\nconfig: {{activation: rational}}\n"
             for name, metric in metrics.items()]

@@ -12,14 +12,12 @@ expert anchor), where Minari keeps them: MINARI_DATASETS_PATH, else ~/.minari/da
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime
-import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -42,6 +40,7 @@ from .common import (
     check_finite,
     checkpoint,
     evaluating,
+    file_lock,
     num_params,
     plot_rational_evolution,
     plot_rationals,
@@ -373,17 +372,6 @@ def random_return(task: str, episodes: int = RANDOM_EPISODES, seed: int = RANDOM
         envs.close()
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on `path`.lock, so trials starting together on one machine measure once."""
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def reference_returns(task: str) -> Reference:
     """The task's v5 anchors, measured on first use and cached in Minari's folder with provenance:
     random = random_return in the v5 env, expert = mean episode return of mujoco/{task}/expert-v0.
@@ -395,7 +383,7 @@ def reference_returns(task: str) -> Reference:
     path = root / REFERENCE_FILE
     expert_id = dataset_id(task, "expert")
     key = f"{ENVS[task]} gymnasium {gym.__version__} mujoco {mujoco.__version__} {expert_id}"
-    with _locked(path):
+    with file_lock(path):
         cache = json.loads(path.read_text()) if path.is_file() else {}
         if key not in cache:
             expert = load(expert_id, str(root))

@@ -124,9 +124,11 @@ def init_ray(address: str | None) -> None:
 
 def check_cluster(space: Space, smoke: bool = False) -> None:
     """Resources the cluster cannot give would leave trials pending forever: refuse up front.
-    A smoke run is the exception for GPUs: it shrinks trials to run anywhere, so without a GPU
-    its trials run on CPU."""
+    A smoke run is the exception: it shrinks trials to run anywhere, so without a GPU its trials
+    run on CPU, and each takes one CPU."""
     available = ray.cluster_resources()
+    if smoke:
+        space.resources["cpu"] = min(space.resources["cpu"], 1.0)
     if smoke and space.resources["gpu"] > available.get("GPU", 0.0):
         print(f"ratsweep: {space.name}: --smoke on a cluster without GPUs: trials run on CPU", flush=True)
         space.resources["gpu"] = 0.0

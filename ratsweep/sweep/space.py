@@ -92,7 +92,8 @@ class Space:
     search_alg: dict[str, Any] = field(default_factory=lambda: {"type": "random"})
     max_failures: int = 2
     config: dict[str, Any] = field(default_factory=dict)  # fixed dotted values
-    search_space: dict[str, Domain] = field(default_factory=dict)
+    search_space: dict[str, Domain] = field(default_factory=dict)  # every searched key (a union's merged)
+    parts: list[dict[str, Domain]] = field(default_factory=list)  # a union's spaces (search_space: a list)
     report: dict[str, Any] = field(default_factory=dict)  # `ratsweep report`'s default layout (REPORT_KEYS)
     document: dict[str, Any] = field(default_factory=dict)  # as written, for the MLflow artifact
 
@@ -120,23 +121,30 @@ class Space:
         num_samples for a model-based searcher."""
         if self.search_alg["type"] not in ("random", "grid"):
             return self.num_samples
-        return math.prod(len(d.values) for d in self.search_space.values() if not d.sampled) * self.num_samples
+        return sum(math.prod(len(d.values) for d in part.values() if not d.sampled) for part in self.spaces) * self.num_samples
+
+    @property
+    def spaces(self) -> list[dict[str, Domain]]:
+        """The search spaces whose trials the sweep runs: a union's parts, else the one."""
+        return self.parts or [self.search_space]
 
     def trials(self) -> list[dict[str, Any]]:
-        """The distinct trial configs of the random/grid search: every grid point times num_samples
-        samples of the other domains, keeping only keys that apply, each distinct config once."""
-        grid = {k: d.values for k, d in self.search_space.items() if not d.sampled}
-        sampled = {k: d for k, d in self.search_space.items() if d.sampled}
+        """The distinct trial configs of the random/grid search: in each space (of a union, in
+        order), every grid point times num_samples samples of the other domains, keeping only keys
+        that apply, each distinct config once."""
         rng = random.Random(self.search_alg.get("seed", 0))
         seen, out = set(), []
-        for point in itertools.product(*grid.values()):
-            for _ in range(self.num_samples):
-                values = dict(zip(grid, point)) | {k: d.sample(rng) for k, d in sampled.items()}
-                trial = self.active(values)
-                key = repr(sorted(trial.items()))
-                if key not in seen:
-                    seen.add(key)
-                    out.append(trial)
+        for space in self.spaces:
+            grid = {k: d.values for k, d in space.items() if not d.sampled}
+            sampled = {k: d for k, d in space.items() if d.sampled}
+            for point in itertools.product(*grid.values()):
+                for _ in range(self.num_samples):
+                    values = dict(zip(grid, point)) | {k: d.sample(rng) for k, d in sampled.items()}
+                    trial = self.active(values)
+                    key = repr(sorted(trial.items()))
+                    if key not in seen:
+                        seen.add(key)
+                        out.append(trial)
         return out
 
     def build_config(self, trial: dict[str, Any]):
@@ -290,28 +298,44 @@ def _parse(path: Path, doc, overrides: dict[str, Any], smoke: bool = False) -> S
     with errors.check():
         space.max_failures = _number(path, "max_failures", doc.get("max_failures", 2), int, minimum=0)
     fixed: dict[str, Any] = {}
-    searched: dict[str, Any] = {}
+    searched: list[dict[str, Any]] = []
     with errors.check():
         fixed = _flat(_mapping(path, "config", doc.get("config") or {}))
     with errors.check():
-        searched = dict(_mapping(path, "search_space", doc.get("search_space") or {}))
+        searched = _searched(path, doc.get("search_space") or {})
     if smoke:  # what the run will do, so the trials' params say so
         overrides = {**experiment.smoke, **overrides}
     for key, value in overrides.items():  # --set replaces a searched key by a constant
-        searched.pop(key, None)
+        for part in searched:
+            part.pop(key, None)
         fixed[key] = value
     cls = experiment.config
     for key, value in fixed.items():
         with errors.check():
             _check_values(path, cls, f"config.{key}", key, [value])
-    for key, raw in searched.items():
-        with errors.check():
-            domain = _domain(path, cls, key, raw)
-            if domain is None:
-                fixed[key] = raw
-            else:
-                space.search_space[key] = domain
+    union = len(searched) > 1
+    parts: list[dict[str, Domain]] = []
+    for i, part in enumerate(searched):
+        domains: dict[str, Domain] = {}
+        parts.append(domains)
+        for key, raw in part.items():
+            with errors.check():
+                domain = _domain(path, cls, key, raw, f"search_space[{i}]" if union else "search_space", constant_as_grid=union)
+                if domain is None:
+                    fixed[key] = raw
+                else:
+                    domains[key] = domain
     space.config = fixed
+    if union:
+        with errors.check():
+            if not errors.lines:  # every domain parsed
+                space.search_space = _merged(path, parts)
+                space.parts = parts
+        with errors.check():
+            if space.search_alg["type"] not in ("random", "grid"):
+                _fail(path, "search_alg.type", f"expected random or grid with a union of search spaces (a list), got {space.search_alg['type']!r}")
+    elif parts:
+        space.search_space = parts[0]
     with errors.check():
         space.report = _report(path, experiment, space.metric, doc.get("report") or {})
     with errors.check():
@@ -341,6 +365,9 @@ def _resources(path, raw) -> dict[str, float]:
 def _check_pbt(path, space: Space) -> None:
     if space.scheduler["type"] != "pbt":
         return
+    if space.parts:
+        _fail(path, "scheduler.type", "expected fifo or asha with a union of search spaces (a list): pbt would mutate "
+              "configs into combinations the union leaves out")
     if space.search_alg["type"] not in ("random", "grid"):
         _fail(path, "search_alg.type", f"expected random or grid with the pbt scheduler (it picks configs itself), got {space.search_alg['type']!r}")
     for key in space.scheduler.setdefault("mutate", [k for k, d in space.search_space.items() if d.sampled]):
@@ -466,16 +493,48 @@ def _paper(path, experiment, metric: str, name) -> None:
                 _fail(path, "report.paper", f"{name} identifies cells by {key!r}, which is not a key of {experiment.name}")
 
 
-def _domain(path, cls, key: str, raw) -> Domain | None:
-    """The domain written for `key`, checked against the config field; None for a constant."""
-    _annotation(path, cls, f"search_space.{key}", key)
+def _searched(path, raw) -> list[dict[str, Any]]:
+    """search_space as a list of spaces: one mapping, or a union (a list of mappings naming the same keys)."""
+    if not isinstance(raw, list):
+        return [dict(_mapping(path, "search_space", raw))]
+    parts = [dict(_mapping(path, f"search_space[{i}]", part)) for i, part in enumerate(raw)]
+    for i, part in enumerate(parts[1:], 1):
+        if set(part) != set(parts[0]):
+            missing, extra = sorted(set(parts[0]) - set(part)), sorted(set(part) - set(parts[0]))
+            _fail(path, f"search_space[{i}]", "expected the same keys as search_space[0] (each space of a union names every "
+                  f"searched key)" + (f"; missing {', '.join(missing)}" if missing else "") + (f"; extra {', '.join(extra)}" if extra else ""))
+    return parts
+
+
+def _merged(path, parts: list[dict[str, Domain]]) -> dict[str, Domain]:
+    """One domain per key over a union's spaces (what Tune shows and PBT, data checks and reports
+    read): the values of every space in order of appearance; a range must be the same in each."""
+    merged = {}
+    for key in parts[0]:
+        domains = [part[key] for part in parts]
+        if any(d.kind not in ("grid", "choice") for d in domains):
+            if any(d != domains[0] for d in domains):
+                _fail(path, f"search_space[*].{key}", f"expected the same range in every space of the union, got {[d.values for d in domains]}")
+            merged[key] = domains[0]
+            continue
+        values = []
+        for d in domains:
+            values += [v for v in d.values if v not in values]
+        merged[key] = Domain("grid" if all(d.kind == "grid" for d in domains) else "choice", tuple(values))
+    return merged
+
+
+def _domain(path, cls, key: str, raw, prefix: str = "search_space", constant_as_grid: bool = False) -> Domain | None:
+    """The domain written for `key`, checked against the config field; None for a constant (a
+    grid of one value with `constant_as_grid`, as in a union's spaces)."""
+    _annotation(path, cls, f"{prefix}.{key}", key)
     if not (isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) in DOMAINS):
         if isinstance(raw, dict) and any(k in DOMAINS for k in raw):
-            _fail(path, f"search_space.{key}", f"expected exactly one of {', '.join(DOMAINS)}, got {raw!r}")
-        _check_values(path, cls, f"search_space.{key}", key, [raw])
-        return None
+            _fail(path, f"{prefix}.{key}", f"expected exactly one of {', '.join(DOMAINS)}, got {raw!r}")
+        values = _check_values(path, cls, f"{prefix}.{key}", key, [raw])
+        return Domain("grid", tuple(values)) if constant_as_grid else None
     kind, values = next(iter(raw.items()))
-    where = f"search_space.{key}.{kind}"
+    where = f"{prefix}.{key}.{kind}"
     if not isinstance(values, list) or not values:
         _fail(path, where, f"expected a non-empty list, got {values!r}")
     if kind in ("grid", "choice"):
