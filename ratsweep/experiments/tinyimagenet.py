@@ -141,6 +141,12 @@ class TinyImageNetConfig:
 # ---- models -----------------------------------------------------------------------------------
 
 
+def timm_version() -> str:
+    import timm  # noqa: PLC0415
+
+    return timm.__version__
+
+
 def timm_model(timm_name: str, gelus: int, activation, num_classes: int = NUM_CLASSES, img_size: int = IMAGE_SIZE,
                drop_path_rate: float = 0.1) -> nn.Module:
     """timm's model as the authors created it (only these four arguments changed), then every exact
@@ -489,7 +495,7 @@ def run(config: TinyImageNetConfig, session: Session) -> dict[str, float]:
 
     generator = seed_everything(config.seed)
     model, ema = build(config, device)
-    session.log_params(num_params=num_params(model))
+    session.log_params(num_params=num_params(model), timm_version=timm_version())
     loader = train_loader(cache, config, pin_memory=cuda)
     steps_per_epoch = len(loader.batch_sampler)
     total_steps, warmup_steps = config.epochs * steps_per_epoch, round(config.warmup_epochs * steps_per_epoch)
