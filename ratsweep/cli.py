@@ -114,6 +114,23 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_TRIALS_FAILED if failed else 0
 
 
+def sync(args: argparse.Namespace) -> int:
+    """Send the MLflow writes a sweep held while its tracking store was down: exit 0 when all went, 1 if some wait still."""
+    from pathlib import Path
+
+    from ratsweep.sweep import runner
+    from ratsweep.sweep.space import UserError
+
+    target = Path(args.target)
+    if not target.exists():  # a sweep name: its newest folder under --storage
+        target = next(iter(sorted(Path(args.storage).glob(f"{args.target}-*/{runner.OUTBOX_FILE}"), reverse=True)), None)
+        if target is None:
+            raise UserError(f"{args.target}: no such file or folder, and no sweep of that name under {args.storage} holds MLflow writes")
+    message = runner.sync(target, wait_s=args.wait)
+    print(f"ratsweep sync: {message or 'nothing held in ' + str(target)}")
+    return 1 if message.startswith("could not") else 0
+
+
 def validate(args: argparse.Namespace) -> int:
     """Check a search space without running it: exit 0 if valid, 2 (with the reason) if not."""
     for space in _load(args):
@@ -378,6 +395,10 @@ def main(argv: list[str] | None = None) -> None:
     sub = command(data)
     sub.add_argument("name", nargs="?", help="the dataset (ratsweep data, without it, lists them)")
     sub.add_argument("--dir", default="data", help="where to put it; ratsweep run's --data-dir (default: ./data)")
+    sub = command(sync)
+    sub.add_argument("target", help="a sweep's Tune folder (printed by ratsweep run), its mlflow_outbox.json, or a sweep name")
+    sub.add_argument("--storage", default="ratsweep_results", help="where to look for a sweep name (default: ./ratsweep_results)")
+    sub.add_argument("--wait", type=float, default=30.0, help="keep retrying an unreachable store this many seconds (default: 30)")
     command(list_plugins, "list")
     sub = command(describe)
     sub.add_argument("name", help="a registered experiment (ratsweep list)")

@@ -21,9 +21,11 @@ from ray import tune
 from .. import config as cfg
 from .. import registry
 from . import search, tracking
+from .outbox import OUTBOX_FILE, Outbox, one_try
 from .space import Space, SpaceError, UserError
 from .trainable import make_trainable
 
+FINAL_WAIT_S = 30  # how long a finished sweep keeps trying to send held MLflow writes (RATSWEEP_MLFLOW_FINAL_WAIT_S)
 SWEEP_FILE = "ratsweep_sweep.json"  # in the Tune experiment folder: what --resume needs to continue
 
 
@@ -46,6 +48,7 @@ class SweepOutcome:
     tracking_uri: str
     rows: list[dict]  # one per trial: status, config, metric
     interrupted: int | None = None  # the signal that stopped it (SIGINT, SIGTERM), if one did
+    unsent: str = ""  # MLflow writes the store did not take by the end (Outbox.unsent), kept for `ratsweep sync`
 
     def counts(self) -> dict[str, int]:
         """Trials by outcome: finished, failed, diverged, interrupted, and (random/grid search, whose
@@ -229,7 +232,11 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
         marker = json.loads((previous / SWEEP_FILE).read_text())
         parent, uri = marker["parent_run_id"], marker["tracking_uri"]  # the store the sweep began in
         repaired = repair_tune_state(previous)
+        held = sync(previous)  # writes an earlier run of this sweep could not send
+        if held:
+            print(f"ratsweep: {held}", flush=True)
         tracking.client(uri).update_run(parent, status="RUNNING")
+        experiment_id = marker.get("experiment_id") or tracking.client(uri).get_run(parent).info.experiment_id
         print(f"ratsweep: resuming {previous} (MLflow parent run {parent})"
               + (f"; restored {', '.join(repaired)} from the driver's copy" if repaired else ""), flush=True)
         tuner = tune.Tuner.restore(str(previous), trainable, resume_unfinished=True, resume_errored=True)
@@ -242,26 +249,52 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
         client = tracking.client(uri)
         experiment_id = tracking.ensure_experiment(client, space.name, uri, space)
         parent = tracking.start_sweep_run(client, experiment_id, space, sweep_id, options.smoke)
-        tuner = _new_tuner(space, options, trainable, storage, sweep_id, tracking.MlflowTracking(uri, experiment_id, parent, space))
         path.mkdir(parents=True, exist_ok=True)
-        (path / SWEEP_FILE).write_text(json.dumps({"parent_run_id": parent, "tracking_uri": uri, "space": space.path}))
+        tuner = _new_tuner(space, options, trainable, storage, sweep_id, tracking.MlflowTracking(uri, experiment_id, parent, space, path))
+        (path / SWEEP_FILE).write_text(json.dumps({"parent_run_id": parent, "experiment_id": experiment_id, "tracking_uri": uri,
+                                                   "space": space.path}))
     tune_log = logging.getLogger("ray.tune.tune")
     hint = _NoRestoreHint()
     tune_log.addFilter(hint)
     try:
         results = tuner.fit()
     except BaseException as e:  # no run may stay RUNNING; --resume reopens them
-        tracking.finish_sweep_run(uri, parent, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        finishing(path, uri, experiment_id, parent).put({"op": "finish_sweep", "status": "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"})
         raise
     finally:
         Signals.disarm()
         tune_log.removeFilter(hint)
     interrupted = Signals.received
-    # stopped: the trials whose runs did not end (RUNNING), or were ended by an earlier interrupt and
-    # not started again after --resume (KILLED)
-    stopped = {trial for trial, (_, status) in tracking.trial_runs(uri, parent).items() if status in ("RUNNING", "KILLED")}
-    tracking.finish_sweep_run(uri, parent, "KILLED" if interrupted else "FINISHED")
-    return SweepOutcome(space, str(path), uri, _rows(space, results, stopped), interrupted)
+    outbox = finishing(path, uri, experiment_id, parent)  # as the callback (a restored copy, after --resume) last saved it
+    try:  # stopped: trials whose runs did not end (RUNNING), or ended by an earlier interrupt and not restarted (KILLED)
+        with one_try():
+            stopped = {trial for trial, (_, status) in tracking.trial_runs(uri, parent).items() if status in ("RUNNING", "KILLED")} \
+                if outbox.flush() else set()
+    except Exception:  # noqa: BLE001  (the store went away again: Tune's own statuses stand)
+        stopped = set()
+    outbox.put({"op": "finish_sweep", "status": "KILLED" if interrupted else "FINISHED"})
+    outbox.flush(wait_s=float(os.environ.get("RATSWEEP_MLFLOW_FINAL_WAIT_S", FINAL_WAIT_S)))
+    return SweepOutcome(space, str(path), uri, _rows(space, results, stopped), interrupted, outbox.unsent())
+
+
+def finishing(path: Path, uri: str, experiment_id: str, parent: str) -> Outbox:
+    """The sweep's outbox with whatever its callback left pending (saved after every flush)."""
+    file = path / OUTBOX_FILE
+    return Outbox.load(file) if file.exists() else Outbox(uri, experiment_id, parent, path)
+
+
+def sync(target: Path | str, wait_s: float = 10.0) -> str:
+    """Send the MLflow writes a sweep held (its mlflow_outbox.json, or the Tune folder holding it).
+    Returns "" when there were none, else a line saying what was sent or is still held."""
+    file = Path(target)
+    file = file / OUTBOX_FILE if file.is_dir() else file
+    if not file.exists():
+        return ""
+    outbox = Outbox.load(file)
+    before = outbox.unsent()
+    if outbox.flush(wait_s=wait_s) and not outbox.refused:
+        return f"sent the held MLflow writes ({before}) to {outbox.uri}"
+    return f"could not send {outbox.unsent()} to {outbox.uri}; they stay in {file}"
 
 
 def _new_tuner(space: Space, options: RunOptions, trainable, storage: Path, sweep_id: str, callback) -> tune.Tuner:
@@ -331,6 +364,9 @@ def print_summary(outcome: SweepOutcome) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
     counts = outcome.counts()
     print(f"{space.name}: " + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what == "finished"))
+    if outcome.unsent:
+        print(f"MLflow: {outcome.unsent} not written to {outcome.tracking_uri}; kept in "
+              f"{Path(outcome.path) / OUTBOX_FILE}; send them with: ratsweep sync {shlex.quote(outcome.path)}")
     print(f"Tune results: {outcome.path}")
     print(f"Best configs: {shlex.join(['ratsweep', 'best', space.name, '--tracking-uri', outcome.tracking_uri])}")
     print(f"MLflow UI:    {tracking.open_ui_command(outcome.tracking_uri)}")

@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from .. import config as cfg
 from .. import registry
+from .outbox import Outbox
 from .space import Space, UserError
 from .trainable import ARTIFACTS, RESULT_KEY
 
@@ -218,109 +218,73 @@ def _numeric(result: dict[str, Any]) -> dict[str, float]:
 
 
 class MlflowTracking(Callback):
-    """Tune callback that mirrors every trial into an MLflow child run of the sweep's parent run."""
+    """Tune callback that mirrors every trial into an MLflow child run of the sweep's parent run.
+    Its writes go through an Outbox: held while the store is down, never dropped silently."""
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, space: Space):
-        self.uri, self.experiment_id, self.parent_run_id, self.space = uri, experiment_id, parent_run_id, space
-        self._client: MlflowClient | None = None
-        self._runs: dict[str, str] = {}
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, space: Space, folder: str | Path | None = None):
+        self.space = space
+        self.outbox = Outbox(uri, experiment_id, parent_run_id, folder)
         self._failures: dict[str, str] = {}
         self._configs: dict[str, dict] = {}  # the applicable config each run was started with
         self.commit = git_commit()  # of the driver's code, which the trials run
         self.provenance = provenance(space)
 
-    def __getstate__(self):  # pickled with the Tuner for restore: no live client
-        return {**self.__dict__, "_client": None}
-
-    @property
-    def client(self) -> MlflowClient:
-        if self._client is None:
-            self._client = client(self.uri)
-        return self._client
-
-    def run_id(self, trial) -> str:
-        """The trial's run: found by trial id under this sweep's parent, else created."""
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
-        found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{TAG_TRIAL}` = '{trial.trial_id}' and tags.`{TAG_PARENT}` = '{self.parent_run_id}'",
-            max_results=1,
-        )
-        if found:
-            run_id = found[0].info.run_id
-        else:
-            config = self.space.build_config(trial.config)
-            params = cfg.flatten(config)
-            tags = {TAG_PARENT: self.parent_run_id, TAG_KIND: "trial", TAG_TRIAL: trial.trial_id,
-                    "mlflow.runName": f"{self.space.experiment} {trial.trial_id}",
-                    "ratsweep.searched": ",".join(sorted(self.space.active(trial.config)))}
-            if self.commit:
-                tags["git.commit"] = self.commit
-            tags |= self.provenance
-            run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
-            self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()])
-        self._runs[trial.trial_id] = run_id
-        self._configs[trial.trial_id] = self.space.active(trial.config)
-        return run_id
-
     def on_trial_start(self, iteration, trials, trial, **info):
-        run_id = self.run_id(trial)
-        if self.client.get_run(run_id).info.status != "FINISHED":
-            self.client.update_run(run_id, status="RUNNING")
+        params = {k: _param(v) for k, v in cfg.flatten(self.space.build_config(trial.config)).items()}
+        tags = {TAG_PARENT: self.outbox.parent_run_id, TAG_KIND: "trial", TAG_TRIAL: trial.trial_id,
+                "mlflow.runName": f"{self.space.experiment} {trial.trial_id}",
+                "ratsweep.searched": ",".join(sorted(self.space.active(trial.config)))}
+        if self.commit:
+            tags["git.commit"] = self.commit
+        self._configs.setdefault(trial.trial_id, self.space.active(trial.config))
+        self.outbox.put({"op": "start", "trial": trial.trial_id, "create": {"tags": tags | self.provenance, "params": params}})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self.run_id(trial)
         step, now = int(result.get("training_iteration", 0)), int(time.time() * 1000)
         extra = result.get(RESULT_KEY) or {}
-        # an artifacts-only result repeats the last report's metrics: they are logged once
-        metrics = [] if extra.get("artifacts_only") else [Metric(k, v, now, step) for k, v in _numeric(result).items()]
-        params = [Param(k, _param(v)) for k, v in (extra.get("params") or {}).items()]
-        tags = [RunTag(k, str(v)) for k, v in (extra.get("tags") or {}).items()]
+        # an artifacts-only result repeats the last report's metrics: they are logged once. NaN (a
+        # diverged trial's last report) is not logged, so the run keeps the last finite value: for a
+        # best_* metric the best before divergence, which `report --failed-as` counts as the authors did.
+        metrics = [] if extra.get("artifacts_only") else [[k, v, now, step] for k, v in _numeric(result).items() if not math.isnan(v)]
+        params = {k: _param(v) for k, v in (extra.get("params") or {}).items()}
+        tags = {k: str(v) for k, v in (extra.get("tags") or {}).items()}
         config = self.space.active(trial.config)
-        changed = {k: v for k, v in config.items() if self._configs[trial.trial_id].get(k) != v}
+        previous = self._configs.setdefault(trial.trial_id, config)
+        changed = {k: v for k, v in config.items() if previous.get(k) != v}
         if changed:  # PBT mutated the config (params are immutable in MLflow: a tag per change)
-            tags.append(RunTag(f"ratsweep.config_from_step_{step}", json.dumps(changed)))
+            tags[f"ratsweep.config_from_step_{step}"] = json.dumps(changed)
             self._configs[trial.trial_id] = config
         if extra.get("failure"):
             self._failures[trial.trial_id] = extra["failure"]
-            tags.append(RunTag("ratsweep.failure", extra["failure"][:5000]))
-        if params:  # a retried trial reports them again: log only the new ones
-            logged = self.client.get_run(run_id).data.params
-            params = [p for p in params if p.key not in logged]
-        # NaN (a diverged trial's last report) is not logged, so the run keeps the last finite value: for a
-        # best_* metric the best before divergence, which `report --failed-as` counts as the authors did.
-        self.client.log_batch(run_id, metrics=[m for m in metrics if not math.isnan(m.value)], params=params, tags=tags)
+            tags["ratsweep.failure"] = extra["failure"][:5000]
+        self.outbox.put({"op": "log", "trial": trial.trial_id, "metrics": metrics, "params": params, "tags": tags})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self.run_id(trial)
-        if self.client.get_run(run_id).info.status == "FINISHED":  # completed before a resume: keep it as it was
-            return
-        self._log_artifacts(run_id, trial)
-        self.client.set_terminated(run_id, "FAILED" if trial.trial_id in self._failures else "FINISHED")
+        status = "FAILED" if trial.trial_id in self._failures else "FINISHED"
+        self.outbox.put({"op": "end", "trial": trial.trial_id, "status": status, "unless_finished": True,
+                         "artifacts": self._artifacts(trial)})
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self.client.set_tag(self.run_id(trial), "ratsweep.retries", str(trial.run_metadata.num_failures))
+        self.outbox.put({"op": "log", "trial": trial.trial_id, "tags": {"ratsweep.retries": str(trial.run_metadata.num_failures)}})
 
     def on_trial_error(self, iteration, trials, trial, **info):
         """Out of retries: FAILED, the exception's last line as a tag, the whole trace as error.txt."""
-        run_id = self.run_id(trial)
         trace = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
         lines = [line.strip() for line in trace.splitlines() if line.strip()]
-        self.client.set_tag(run_id, "ratsweep.failure", (lines[-1] if lines else "trial failed")[:5000])
+        op = {"op": "end", "trial": trial.trial_id, "status": "FAILED", "artifacts": self._artifacts(trial),
+              "tags": {"ratsweep.failure": (lines[-1] if lines else "trial failed")[:5000]}}
         if trace:
-            self.client.log_text(run_id, trace, "error.txt")
-        self._log_artifacts(run_id, trial)
-        self.client.set_terminated(run_id, "FAILED")
+            op |= {"text": trace, "text_file": "error.txt"}
+        self.outbox.put(op)
 
-    def _log_artifacts(self, run_id: str, trial) -> None:
+    def _artifacts(self, trial) -> str | None:
+        """The trial's artifact folder from its latest checkpoint, spooled until it is sent."""
         checkpoint = trial.checkpoint
         if checkpoint is None:
-            return
+            return None
         with checkpoint.as_directory() as directory:
             artifacts = Path(directory) / ARTIFACTS
-            if artifacts.is_dir():
-                self.client.log_artifacts(run_id, str(artifacts))
+            return self.outbox.spool(trial.trial_id, artifacts) if artifacts.is_dir() else None
 
 
 def _param(value) -> str:
@@ -334,16 +298,6 @@ def trial_runs(uri: str, parent_run_id: str) -> dict[str, tuple[str, str]]:
     runs = mlflow_client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
                                      max_results=50_000)
     return {run.data.tags.get(TAG_TRIAL, ""): (run.info.run_id, run.info.status) for run in runs}
-
-
-def finish_sweep_run(uri: str, run_id: str, status: str) -> None:
-    """End the sweep's run, and any trial run of it still RUNNING (an interrupted or crashed driver):
-    KILLED, or FAILED with a failed sweep. `--resume` reopens them."""
-    mlflow_client = client(uri)
-    for trial_run, trial_status in trial_runs(uri, run_id).values():
-        if trial_status == "RUNNING":
-            mlflow_client.set_terminated(trial_run, "FAILED" if status == "FAILED" else "KILLED")
-    mlflow_client.set_terminated(run_id, status)
 
 
 def open_ui_command(uri: str) -> str:

@@ -1,0 +1,233 @@
+"""The sweep's MLflow writes, sent in order and held while the tracking store cannot take them.
+
+Every write the driver makes for a trial (its run with params and tags, each report's metrics, its
+artifacts, its end status) is an operation in the outbox. `flush` sends them in order; when the
+store is unreachable or answers 5xx, the rest wait, and the next flush (at the next trial event)
+tries again after a backoff that doubles up to a minute. A write the store refuses for good (4xx)
+is set aside with its reason. Whatever is pending or refused is kept in a JSON file beside Tune's
+state (`mlflow_outbox.json`) after every flush, so nothing is lost with the driver either, and
+`ratsweep sync` (or `run --resume`) sends it later. Operations name trials, not runs: a trial's run
+is found by its tag or created when its first operation is sent, so a write queued before the
+server came back lands in the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+OUTBOX_FILE = "mlflow_outbox.json"
+SPOOL_DIR = "mlflow_outbox"  # artifacts waiting to be sent, beside OUTBOX_FILE
+WRITE_TIMEOUT_S, MAX_BACKOFF_S, WAITING_RETRY_S = 10, 60, 2
+TAG_TRIAL, TAG_PARENT = "ratsweep.trial_id", "mlflow.parentRunId"
+
+
+@contextlib.contextmanager
+def one_try(timeout_s: float = WRITE_TIMEOUT_S) -> Iterator[None]:
+    """MLflow's HTTP client without its own retries (minutes of them by default): the outbox retries."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_TIMEOUT=str(int(timeout_s)), MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def transient(error: Exception) -> bool:
+    """Worth retrying: the store unreachable, timing out or failing (5xx); not a refusal (4xx)."""
+    if isinstance(error, MlflowException):
+        return error.get_http_status_code() >= 500
+    return isinstance(error, OSError)  # connection refused or reset, a timeout, a locked SQLite file
+
+
+def reason(error: Exception) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)[:300]
+
+
+def writes(op: dict[str, Any]) -> Counter:
+    """What an operation writes, by kind: metrics, params, tags, statuses, artifact folders."""
+    count = Counter(metrics=len(op.get("metrics", ())), params=len(op.get("params", {})), tags=len(op.get("tags", {})))
+    count["statuses"] = int("status" in op)
+    count["artifact folders"] = int(bool(op.get("artifacts")))
+    count["texts"] = int("text" in op)
+    return +count
+
+
+class Outbox:
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, folder: str | Path | None = None):
+        self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
+        self.folder = Path(folder) if folder is not None else None  # where the file and the spooled artifacts live
+        self.pending: list[dict[str, Any]] = []
+        self.refused: list[dict[str, Any]] = []  # operations the store rejected, each with its "error"
+        self.runs: dict[str, str] = {}  # trial id -> run id
+        self.retry_at, self.backoff = 0.0, 1.0
+        self.down_since: float | None = None
+        self._client: MlflowClient | None = None
+
+    def __getstate__(self):  # pickled with the Tuner (restore): no live client
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    # ---- queueing ---------------------------------------------------------------------------
+
+    def put(self, op: dict[str, Any]) -> None:
+        """Queue one operation ({"op": kind, "trial": id, ...}; see _send) and try to send what waits."""
+        self.pending.append(op)
+        self.flush()
+
+    def spool(self, trial: str, source: Path) -> str:
+        """A copy of a trial's artifact folder that lives until it is sent (the checkpoint it came from may not)."""
+        if self.folder is None:
+            raise RuntimeError("an outbox without a folder cannot hold artifacts")
+        target = self.folder / SPOOL_DIR / f"{trial}-{time.time_ns()}"
+        shutil.copytree(source, target)
+        return str(target)
+
+    # ---- sending ----------------------------------------------------------------------------
+
+    def flush(self, wait_s: float = 0.0) -> bool:
+        """Send pending operations in order until one cannot be sent now; keep trying for up to
+        `wait_s` seconds (backing off). True when nothing is pending."""
+        deadline = time.monotonic() + wait_s
+        while self.pending:
+            now = time.monotonic()
+            if now < self.retry_at:
+                if now >= deadline:
+                    break
+                # waiting: try again at least every WAITING_RETRY_S, and once more at the deadline
+                time.sleep(min(self.retry_at, deadline, now + WAITING_RETRY_S) - now)
+            op = self.pending[0]
+            try:
+                with one_try():
+                    self._send(op)
+            except Exception as e:  # noqa: BLE001  (MLflow raises many types; `transient` sorts them)
+                if transient(e):
+                    if self.down_since is None:
+                        self.down_since = time.monotonic()
+                        print(f"ratsweep: MLflow store {self.uri} cannot take writes ({reason(e)}); holding them and retrying", flush=True)
+                    self.retry_at, self.backoff = time.monotonic() + self.backoff, min(2 * self.backoff, MAX_BACKOFF_S)
+                    continue
+                self.refused.append({**op, "error": reason(e)})
+                print(f"ratsweep: MLflow refused a {op['op']} write for trial {op.get('trial')}: {reason(e)}", flush=True)
+            self.pending.pop(0)
+            self._release(op)
+            if self.down_since is not None:
+                print(f"ratsweep: MLflow store {self.uri} is back after {time.monotonic() - self.down_since:.0f} s; "
+                      f"sending {len(self.pending) + 1} held writes", flush=True)
+                self.down_since = None
+            self.retry_at, self.backoff = 0.0, 1.0
+        self.save()
+        return not self.pending
+
+    def _release(self, op: dict[str, Any]) -> None:
+        if op.get("artifacts"):
+            shutil.rmtree(op["artifacts"], ignore_errors=True)
+
+    def run_id(self, trial: str, create: dict[str, Any] | None = None) -> str:
+        """The trial's run under this sweep's parent: known, found by its tag, or created from `create`
+        ({"tags", "params"}): the params go with the creation, so a run never lacks them."""
+        if trial in self.runs:
+            return self.runs[trial]
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{TAG_TRIAL}` = '{trial}' and tags.`{TAG_PARENT}` = '{self.parent_run_id}'",
+            max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+        elif create is not None:
+            run_id = self.client.create_run(self.experiment_id, tags=create["tags"]).info.run_id
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in create["params"].items()])
+        else:
+            raise LookupError(f"no run for trial {trial} under {self.parent_run_id}")  # refused: sent out of order
+        self.runs[trial] = run_id
+        return run_id
+
+    def _send(self, op: dict[str, Any]) -> None:
+        kind = op["op"]
+        if kind == "finish_sweep":  # every trial run still RUNNING ends with the sweep, then the sweep's run
+            runs = self.client.search_runs([self.experiment_id], f"tags.`{TAG_PARENT}` = '{self.parent_run_id}'", max_results=50_000)
+            for run in runs:
+                if run.info.status == "RUNNING":
+                    self.client.set_terminated(run.info.run_id, "FAILED" if op["status"] == "FAILED" else "KILLED")
+            self.client.set_terminated(self.parent_run_id, op["status"])
+            return
+        run_id = self.run_id(op["trial"], op.get("create"))
+        if kind == "start":  # a run finished before a resume stays as it was
+            if self.client.get_run(run_id).info.status != "FINISHED":
+                self.client.update_run(run_id, status="RUNNING")
+        elif kind == "log":
+            params = op.get("params", {})
+            if params:  # a retried trial reports them again: log only the new ones
+                logged = self.client.get_run(run_id).data.params
+                params = {k: v for k, v in params.items() if k not in logged}
+            self.client.log_batch(run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in op.get("metrics", ())],
+                                  params=[Param(k, v) for k, v in params.items()], tags=[RunTag(k, v) for k, v in op.get("tags", {}).items()])
+        elif kind == "end":
+            if op.get("unless_finished") and self.client.get_run(run_id).info.status == "FINISHED":
+                return  # completed before a resume: keep it as it was
+            for key, value in op.get("tags", {}).items():
+                self.client.set_tag(run_id, key, value)
+            if "text" in op:
+                self.client.log_text(run_id, op["text"], op["text_file"])
+            if op.get("artifacts"):
+                self.client.log_artifacts(run_id, op["artifacts"])
+            self.client.set_terminated(run_id, op["status"])
+        else:
+            raise ValueError(f"unknown outbox operation {kind!r}")
+
+    # ---- keeping ----------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path | None:
+        return None if self.folder is None else self.folder / OUTBOX_FILE
+
+    def save(self) -> None:
+        """The file holds what is pending or refused (none: no file), written atomically."""
+        if self.path is None:
+            return
+        if not self.pending and not self.refused:
+            self.path.unlink(missing_ok=True)
+            return
+        state = {"uri": self.uri, "experiment_id": self.experiment_id, "parent_run_id": self.parent_run_id,
+                 "runs": self.runs, "pending": self.pending, "refused": self.refused}
+        temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(state))
+        os.replace(temporary, self.path)
+
+    @classmethod
+    def load(cls, path: Path) -> Outbox:
+        state = json.loads(Path(path).read_text())
+        outbox = cls(state["uri"], state["experiment_id"], state["parent_run_id"], Path(path).parent)
+        outbox.pending, outbox.runs = state["pending"], state["runs"]
+        outbox.refused = []  # replayed: a refusal may have been the server's mistake
+        outbox.pending += [{k: v for k, v in op.items() if k != "error"} for op in state["refused"]]
+        return outbox
+
+    def unsent(self) -> str:
+        """"12 metrics, 3 statuses (in 5 writes for 2 trials)" for what is pending and refused, or ""."""
+        ops = self.pending + self.refused
+        if not ops:
+            return ""
+        total = sum((writes(op) for op in ops), Counter())
+        trials = {op["trial"] for op in ops if "trial" in op}
+        return ", ".join(f"{n} {kind}" for kind, n in total.items()) + f" (in {len(ops)} writes for {len(trials)} trials" + \
+            (f"; {len(self.refused)} refused by the store" if self.refused else "") + ")"
