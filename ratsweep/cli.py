@@ -155,15 +155,15 @@ def list_plugins(args: argparse.Namespace) -> int:
 
     print("experiments:")
     for name, exp in registry.experiments().items():
-        print(f"  {name:<16} {exp.description}  [{exp.source}]")
+        print(f"  {name:<20} {exp.description}  [{exp.source}]")
     print("architectures:")
     for name, arch in registry.architectures().items():
-        print(f"  {name:<16} ({arch.family}) {arch.description}  [{arch.source}]")
+        print(f"  {name:<20} ({arch.family}) {arch.description}  [{arch.source}]")
     print("datasets (ratsweep data NAME --dir DIR):")
     _print_datasets()
     print("search spaces:")
     for name, path in bundled().items():
-        print(f"  {name:<16} {path}")
+        print(f"  {name:<20} {path}")
     for error in registry.load_errors:
         print(f"plugin failed to load: {error}")
     return 0
@@ -206,7 +206,7 @@ def _print_datasets() -> None:
     from ratsweep import registry
 
     for name, dataset in registry.datasets().items():
-        print(f"  {name:<16} {dataset.description}  [{dataset.source}]")
+        print(f"  {name:<20} {dataset.description}  [{dataset.source}]")
 
 
 def data(args: argparse.Namespace) -> int:

@@ -393,9 +393,9 @@ def test_submit_runs_the_sweep_as_a_ray_job(tmp_path):
         address = f"http://127.0.0.1:{dashboard}"
         project = tmp_path / "project"
         project.mkdir()
-        (project / "space.yaml").write_text(HEADER_SUBMIT)
+        (tmp_path / "space.yaml").write_text(HEADER_SUBMIT)  # outside the working dir: staged with the package
         for _ in range(60):  # the dashboard takes a few seconds to come up
-            proc = ratsweep(project, "submit", "space.yaml", "--address", address, "--smoke", "--tracking-uri",
+            proc = ratsweep(project, "submit", str(tmp_path / "space.yaml"), "--address", address, "--smoke", "--tracking-uri",
                             f"sqlite:///{project / 'mlruns.db'}", env=env, check=False)
             if proc.returncode == 0:
                 break
@@ -424,6 +424,20 @@ metric: {name: mse, mode: min}
 search_space:
   activation: {grid: [relu, rational]}
 """
+
+
+def test_submit_stages_a_space_file_from_anywhere_and_runs_bundled_ones_by_name(tmp_path):
+    from ratsweep.sweep.space import SpaceError, load
+    from ratsweep.sweep.submit import stage_package, stage_space
+
+    package = stage_package(tmp_path / "staged")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "mine.yaml").write_text(HEADER_SUBMIT)
+    assert stage_space(str(tmp_path / "elsewhere" / "mine.yaml"), package) == "submitted_mine"
+    assert load(str(package / "search_spaces" / "submitted_mine.yaml"))[0].name == "submitted"
+    assert stage_space("quickstart", package) == "quickstart" and (package / "search_spaces" / "quickstart.yaml").is_file()
+    with pytest.raises(SpaceError, match="no such file"):
+        stage_space(str(tmp_path / "missing.yaml"), package)
 
 
 @pytest.mark.parametrize(

@@ -250,8 +250,9 @@ def verify(data_dir: Path) -> None:
 
 
 def download(data_dir: Path) -> None:
-    """Tiny ImageNet (tiny-imagenet-200.zip, 237 MB, from Stanford CS231n) into DIR/tiny-imagenet-200,
-    then decoded once into the uint8 cache every trial reads."""
+    """Tiny ImageNet (237 MB from Stanford CS231n) into DIR/tiny-imagenet-200, decoded once into a uint8 cache.
+
+    The cache (tiny-imagenet-200/ratsweep_cache/) is what every trial on the machine reads."""
     from torchvision.datasets.utils import download_and_extract_archive  # noqa: PLC0415
 
     download_and_extract_archive(URL, download_root=str(data_dir))

@@ -1,8 +1,9 @@
 """`ratsweep submit`: `ray job submit` of a `ratsweep run`, with this machine's code.
 
-The job's runtime env carries the current directory (the user's search spaces, plugins) as its
-working dir and this ratsweep package, kernels and bundled spaces inside it, as a py_module, so the
-cluster runs exactly the code that was validated here.
+The job's runtime env carries the current directory (the user's plugins, data lists) as its working
+dir and this ratsweep package, kernels and bundled spaces inside it, as a py_module, so the cluster
+runs exactly the code that was validated here; the submitted search-space file travels inside it,
+wherever it was on this machine.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ..rational._native import kernels_dir
-from .space import SpaceError, UserError, bundled_dir, resolve
+from .space import UserError, bundled_dir, resolve
 from .tracking import sqlite_file
 
 EXCLUDES = [".git", ".venv", "venv", "mlruns*", "ratsweep_results", "data", "__pycache__", "*.pyc"]
@@ -47,29 +48,31 @@ def lasting_path(storage: str) -> str:
     return storage
 
 
-def entrypoint(space: str, run_args: list[str], working_dir: Path) -> str:
-    """The job's command: paths are made relative to the working dir the job starts in."""
+SUBMITTED = "submitted_"  # a user's search-space file travels in the staged package as search_spaces/submitted_<stem>.yaml
+
+
+def stage_space(space: str, package: Path) -> str:
+    """What the job runs: a bundled space by name, or the user's file (from anywhere) copied into
+    the staged package's search spaces, run by its name there."""
     path = resolve(space)
-    if path == Path(space):  # a file of the user's, not a bundled name
-        try:
-            space = str(path.resolve().relative_to(working_dir.resolve()))
-        except ValueError:
-            raise SpaceError(f"{space}: the search space must be inside the working dir {working_dir} to be shipped") from None
-    return shlex.join(["python", "-m", "ratsweep", "run", space, *run_args])
+    if path != Path(space):  # a bundled name
+        return space
+    name = f"{SUBMITTED}{path.stem}"
+    shutil.copyfile(path, package / "search_spaces" / f"{name}.yaml")
+    return name
 
 
 def submit(address: str, space: str, run_args: list[str], working_dir: str = ".") -> str:
     from ray.job_submission import JobSubmissionClient  # noqa: PLC0415
 
-    directory = Path(working_dir)
-    command = entrypoint(space, run_args, directory)
     with tempfile.TemporaryDirectory(prefix="ratsweep-submit-") as tmp:
         package = stage_package(Path(tmp))
+        command = shlex.join(["python", "-m", "ratsweep", "run", stage_space(space, package), *run_args])
         try:
             job_client = JobSubmissionClient(address)
         except ConnectionError as e:
             raise UserError(f"--address: cannot reach a Ray dashboard at {address} ({str(e).splitlines()[0]})") from None
         return job_client.submit_job(
             entrypoint=command,
-            runtime_env={"working_dir": str(directory), "py_modules": [str(package)], "excludes": EXCLUDES},
+            runtime_env={"working_dir": str(Path(working_dir)), "py_modules": [str(package)], "excludes": EXCLUDES},
         )
