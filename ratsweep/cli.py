@@ -114,6 +114,14 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_TRIALS_FAILED if failed else 0
 
 
+def server(args: argparse.Namespace) -> int:
+    """Start a team's MLflow tracking server on a PostgreSQL store (checked first), bound to 127.0.0.1 unless told otherwise."""
+    from ratsweep.sweep import server as tracking_server
+
+    tracking_server.serve(args.backend_store_uri, args.artifacts_destination, args.host, args.port, args.workers, args.allowed_hosts)
+    return 0
+
+
 def sync(args: argparse.Namespace) -> int:
     """Send the MLflow writes a sweep held while its tracking store was down: exit 0 when all went, 1 if some wait still."""
     from pathlib import Path
@@ -395,6 +403,14 @@ def main(argv: list[str] | None = None) -> None:
     sub = command(data)
     sub.add_argument("name", nargs="?", help="the dataset (ratsweep data, without it, lists them)")
     sub.add_argument("--dir", default="data", help="where to put it; ratsweep run's --data-dir (default: ./data)")
+    sub = command(server)
+    sub.add_argument("--backend-store-uri", required=True, help="postgresql://USER[:PASSWORD]@HOST:PORT/DB (the runs)")
+    sub.add_argument("--artifacts-destination", required=True, help="where artifacts go (a shared folder, s3://...); "
+                     "clients upload through the server")
+    sub.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; 0.0.0.0 for a team)")
+    sub.add_argument("--port", type=_positive, default=5000)
+    sub.add_argument("--workers", type=_positive, default=2)
+    sub.add_argument("--allowed-hosts", help="host names clients use to reach it (MLflow 3 refuses others)")
     sub = command(sync)
     sub.add_argument("target", help="a sweep's Tune folder (printed by ratsweep run), its mlflow_outbox.json, or a sweep name")
     sub.add_argument("--storage", default="ratsweep_results", help="where to look for a sweep name (default: ./ratsweep_results)")

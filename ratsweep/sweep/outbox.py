@@ -27,6 +27,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from .server import redacted
+
 OUTBOX_FILE = "mlflow_outbox.json"
 SPOOL_DIR = "mlflow_outbox"  # artifacts waiting to be sent, beside OUTBOX_FILE
 WRITE_TIMEOUT_S, MAX_BACKOFF_S, WAITING_RETRY_S = 10, 60, 2
@@ -124,7 +126,7 @@ class Outbox:
                 if transient(e):
                     if self.down_since is None:
                         self.down_since = time.monotonic()
-                        print(f"ratsweep: MLflow store {self.uri} cannot take writes ({reason(e)}); holding them and retrying", flush=True)
+                        print(f"ratsweep: MLflow store {redacted(self.uri)} cannot take writes ({reason(e)}); holding them and retrying", flush=True)
                     self.retry_at, self.backoff = time.monotonic() + self.backoff, min(2 * self.backoff, MAX_BACKOFF_S)
                     continue
                 self.refused.append({**op, "error": reason(e)})
@@ -132,7 +134,7 @@ class Outbox:
             self.pending.pop(0)
             self._release(op)
             if self.down_since is not None:
-                print(f"ratsweep: MLflow store {self.uri} is back after {time.monotonic() - self.down_since:.0f} s; "
+                print(f"ratsweep: MLflow store {redacted(self.uri)} is back after {time.monotonic() - self.down_since:.0f} s; "
                       f"sending {len(self.pending) + 1} held writes", flush=True)
                 self.down_since = None
             self.retry_at, self.backoff = 0.0, 1.0

@@ -22,6 +22,7 @@ from .. import config as cfg
 from .. import registry
 from . import search, tracking
 from .outbox import OUTBOX_FILE, Outbox, one_try
+from .server import redacted
 from .space import Space, SpaceError, UserError
 from .trainable import make_trainable
 
@@ -293,8 +294,8 @@ def sync(target: Path | str, wait_s: float = 10.0) -> str:
     outbox = Outbox.load(file)
     before = outbox.unsent()
     if outbox.flush(wait_s=wait_s) and not outbox.refused:
-        return f"sent the held MLflow writes ({before}) to {outbox.uri}"
-    return f"could not send {outbox.unsent()} to {outbox.uri}; they stay in {file}"
+        return f"sent the held MLflow writes ({before}) to {redacted(outbox.uri)}"
+    return f"could not send {outbox.unsent()} to {redacted(outbox.uri)}; they stay in {file}"
 
 
 def _new_tuner(space: Space, options: RunOptions, trainable, storage: Path, sweep_id: str, callback) -> tune.Tuner:
@@ -364,12 +365,13 @@ def print_summary(outcome: SweepOutcome) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
     counts = outcome.counts()
     print(f"{space.name}: " + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what == "finished"))
+    uri = redacted(outcome.tracking_uri)  # printed (and kept in job logs): never a password
     if outcome.unsent:
-        print(f"MLflow: {outcome.unsent} not written to {outcome.tracking_uri}; kept in "
+        print(f"MLflow: {outcome.unsent} not written to {uri}; kept in "
               f"{Path(outcome.path) / OUTBOX_FILE}; send them with: ratsweep sync {shlex.quote(outcome.path)}")
     print(f"Tune results: {outcome.path}")
-    print(f"Best configs: {shlex.join(['ratsweep', 'best', space.name, '--tracking-uri', outcome.tracking_uri])}")
-    print(f"MLflow UI:    {tracking.open_ui_command(outcome.tracking_uri)}")
+    print(f"Best configs: {shlex.join(['ratsweep', 'best', space.name, '--tracking-uri', uri])}")
+    print(f"MLflow UI:    {tracking.open_ui_command(uri)}")
 
 
 def _cell(value) -> str:

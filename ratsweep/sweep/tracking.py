@@ -27,9 +27,13 @@ from ray.tune import Callback
 from .. import config as cfg
 from .. import registry
 from .outbox import Outbox
+from .server import redacted
 from .space import Space, UserError
 from .trainable import ARTIFACTS, RESULT_KEY
 
+# MLflow prints each ended run's URL, credentials of the tracking URI included, into the driver's
+# output (and job logs); ratsweep's summary says where the runs are instead.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 TAG_KIND, TAG_TRIAL, TAG_PARENT, TAG_SWEEP = "ratsweep.kind", "ratsweep.trial_id", "mlflow.parentRunId", "ratsweep.sweep"
 TAG_REPORT = "ratsweep.report"  # on a sweep run: its search space's report layout (JSON)
@@ -79,7 +83,7 @@ def _probe(uri: str) -> None:
             client(uri).search_experiments(max_results=1)
     except Exception as e:  # MLflow raises several types for bad schemes, unreachable servers, auth, bad files
         reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise UserError(f"--tracking-uri: cannot use MLflow store {uri!r}: {reason[:300]}") from None
+        raise UserError(f"--tracking-uri: cannot use MLflow store {redacted(uri)!r}: {reason[:300].replace(uri, redacted(uri))}") from None
 
 
 def check_store(uri: str) -> None:

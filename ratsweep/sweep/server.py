@@ -1,0 +1,63 @@
+"""`ratsweep server`: a team's MLflow tracking server, on a PostgreSQL backend store.
+
+A thin, checked front to `mlflow server`: the database is reached once before anything starts (a
+wrong password or a missing driver is one line, not a server that fails at its first request), the
+server binds 127.0.0.1 unless told otherwise, and the URI the team passes to `ratsweep run` is
+printed without credentials.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.parse
+
+from .space import UserError
+
+
+def redacted(uri: str) -> str:
+    """The URI with any password replaced by ***: what may be printed or logged."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_backend(uri: str) -> None:
+    """A PostgreSQL store must be reachable with psycopg2 (pip install 'ratsweep[server]')."""
+    scheme = urllib.parse.urlsplit(uri).scheme
+    if not scheme.startswith("postgresql"):
+        raise UserError(f"--backend-store-uri: expected postgresql://USER[:PASSWORD]@HOST:PORT/DB, got {redacted(uri)!r}")
+    try:
+        import psycopg2  # noqa: PLC0415
+    except ImportError:
+        raise UserError("--backend-store-uri: PostgreSQL needs psycopg2: pip install 'ratsweep[server]'") from None
+    try:
+        psycopg2.connect(uri.replace("postgresql+psycopg2://", "postgresql://"), connect_timeout=5).close()
+    except psycopg2.Error as e:
+        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise UserError(f"--backend-store-uri: cannot connect to {redacted(uri)}: {reason}") from None
+
+
+def command(backend: str, artifacts: str, host: str, port: int, workers: int, allowed_hosts: str | None) -> list[str]:
+    """The `mlflow server` command line: the runs in `backend`, artifacts proxied into `artifacts`."""
+    out = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination", artifacts,
+           "--host", host, "--port", str(port), "--workers", str(workers)]
+    return out + (["--allowed-hosts", allowed_hosts] if allowed_hosts else [])
+
+
+def serve(backend: str, artifacts: str, host: str = "127.0.0.1", port: int = 5000, workers: int = 2,
+          allowed_hosts: str | None = None) -> None:
+    """Check the store, print how to use the server, then become `mlflow server` (exec)."""
+    check_backend(backend)
+    shown = "127.0.0.1" if host in ("127.0.0.1", "0.0.0.0") else host
+    print(f"ratsweep server: MLflow on http://{shown}:{port} (runs in {redacted(backend)}, artifacts in {artifacts}); "
+          f"sweeps log to it with: ratsweep run SPACE --tracking-uri http://{shown}:{port}", flush=True)
+    if host != "127.0.0.1" and not allowed_hosts:
+        print("ratsweep server: bound beyond localhost: MLflow 3 answers only requests for localhost unless given "
+              "--allowed-hosts HOST[,HOST]", file=sys.stderr, flush=True)
+    # psycopg2 is what `ratsweep[server]` installs; MLflow's default PostgreSQL driver is another
+    driver_uri = "postgresql+psycopg2://" + backend.split("://", 1)[1]
+    argv = command(driver_uri, artifacts, host, port, workers, allowed_hosts)
+    os.execv(argv[0], argv)
