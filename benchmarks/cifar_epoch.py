@@ -18,7 +18,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import device_name, versions  # benchmarks/ is the script folder: on sys.path
 
 HERE = Path(__file__).resolve()
 PAPER_EPOCHS = 60  # one paper trial
@@ -121,18 +121,11 @@ def main() -> None:
         data_note = "random pixels in the CIFAR-10 format (timing only)"
     else:
         data_note = f"CIFAR-10 from {args.data_dir}"
-    device = torch.cuda.get_device_name() if cuda else f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    try:
-        import cupy
-
-        cupy_version = cupy.__version__
-    except ImportError:
-        cupy_version = "none"
     lines = [
         "# CIFAR-10 epoch benchmark",
         "",
-        f"- date: {datetime.date.today()}; device: {device}",
-        f"- torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}), cupy {cupy_version}, python {platform.python_version()}",
+        f"- date: {datetime.date.today()}; device: {device_name()}",
+        f"- {versions()}",
         f"- command: python benchmarks/{HERE.name} {' '.join(sys.argv[1:])}",
         f"- recipe {args.recipe}, batch 128, data: {data_note}",
         f"- each row: median of epochs 2..{args.epochs} of one trial in its own process (epoch 1 is warm-up);"

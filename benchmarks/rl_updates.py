@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import device_name, versions  # benchmarks/ is the script folder: on sys.path
 
 HERE = Path(__file__).resolve()
 OBS, ACT = 17, 6  # HalfCheetah-v5
@@ -125,16 +124,10 @@ def main() -> None:
     rows = [time_updates(a, act, device, args.updates, args.warmup, args.batch_size) for a in ("iql", "td3bc") for act in ACTIVATIONS]
     relu = {r["algorithm"]: r["ms_per_update"] for r in rows if r["activation"] == "relu"}
     evaluation = time_evaluation(device, args.episodes)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {platform.machine()}, {os.cpu_count()} cores"
-    try:
-        import cupy
-        cupy_version = cupy.__version__
-    except ImportError:
-        cupy_version = "none"
     lines = [
         "# Offline-RL update benchmark", "",
-        f"- date: {datetime.date.today()}; device: {name}; torch threads: {torch.get_num_threads()}",
-        f"- torch {torch.__version__} (CUDA {torch.version.cuda}), cupy {cupy_version}, python {platform.python_version()}",
+        f"- date: {datetime.date.today()}; device: {device_name(device)}; torch threads: {torch.get_num_threads()}",
+        f"- {versions()}",
         f"- command: python benchmarks/rl_updates.py {' '.join(sys.argv[1:])}",
         f"- batch {args.batch_size}, HalfCheetah shapes ({OBS} obs, {ACT} actions), 256-256 MLPs, {args.updates} timed updates "
         f"after {args.warmup} warm-up, eager PyTorch (no graph capture)", "",

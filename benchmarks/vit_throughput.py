@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import resource
 import statistics
 import sys
@@ -29,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import device_name, versions  # benchmarks/ is the script folder: on sys.path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -134,19 +133,12 @@ def main() -> None:
     pipeline, workers, data = pipeline_rate(args.data_dir, batch, args.pipeline_batches or (400 if cuda else 40), args.workers)
     print(f"pipeline alone: {pipeline:,.0f} images/s with {workers} workers ({data})", flush=True)
 
-    name = torch.cuda.get_device_name() if cuda else f"CPU: {platform.machine()}, {len(os.sched_getaffinity(0))} cores"
-    try:
-        import cupy
-
-        cupy_version = cupy.__version__
-    except ImportError:
-        cupy_version = "none"
     import timm
 
     lines = [
         "# Tiny ImageNet training throughput (ViT-S/8, CaiT-S24, Swin-T)", "",
-        f"- date: {datetime.date.today()}; device: {name}",
-        f"- torch {torch.__version__} (CUDA {torch.version.cuda}), timm {timm.__version__}, cupy {cupy_version}, python {platform.python_version()}",
+        f"- date: {datetime.date.today()}; device: {device_name(device)}",
+        f"- {versions()}, timm {timm.__version__}",
         f"- command: python benchmarks/vit_throughput.py {' '.join(sys.argv[1:])}".rstrip(),
         f"- batch {batch}, median of {steps} steps after {warmup} warm-up steps; a step: mixup, forward, loss, backward, clip, AdamW, EMA",
         "- peak memory: torch.cuda.max_memory_allocated on a GPU; the process's max RSS on CPU (cumulative over rows)",

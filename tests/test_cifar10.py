@@ -14,7 +14,7 @@ from torch import nn
 
 from ratsweep import cli, config, registry
 from ratsweep.experiments import cifar10
-from ratsweep.experiments.common import DataError, Diverged, LocalSession, Rational
+from ratsweep.experiments.common import DataError, Diverged, LocalSession, Normalize, Rational
 from ratsweep.sweep import results
 from ratsweep.sweep.space import load
 
@@ -175,7 +175,7 @@ def test_lsuv_gets_the_first_64_images_of_the_first_augmented_batch(data_dir, mo
     (train_x, _), _ = cifar10.load(str(data_dir))
     order, offsets, flips = cifar10.epoch_plan(len(train_x), torch.Generator().manual_seed(3), torch.device("cpu"))
     first = order[:64]
-    expected = cifar10.Normalize(torch.device("cpu"))(cifar10.flip(cifar10.random_crop(train_x[first], offsets[first]), flips[first]))
+    expected = Normalize(cifar10.MEAN, cifar10.STD, torch.device("cpu"))(cifar10.flip(cifar10.random_crop(train_x[first], offsets[first]), flips[first]))
     assert len(seen) == 1 and torch.equal(seen[0], expected)
 
 
@@ -200,11 +200,11 @@ def test_flip_mirrors_only_the_masked_images():
 
 
 def test_normalize_matches_torchvision():
-    from torchvision.transforms import Normalize
+    from torchvision.transforms import Normalize as TorchvisionNormalize
 
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
-    expected = Normalize(cifar10.MEAN, cifar10.STD)(images.float() / 255)
-    assert torch.allclose(cifar10.Normalize(torch.device("cpu"))(images), expected, atol=1e-5)
+    expected = TorchvisionNormalize(cifar10.MEAN, cifar10.STD)(images.float() / 255)
+    assert torch.allclose(Normalize(cifar10.MEAN, cifar10.STD, torch.device("cpu"))(images), expected, atol=1e-5)
 
 
 def test_epoch_plan_is_a_permutation_drawn_from_the_data_rng():

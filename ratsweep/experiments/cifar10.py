@@ -31,6 +31,7 @@ from .common import (
     FIXED_ACTIVATIONS,
     Activation,
     DataError,
+    Normalize,
     Rational,
     RationalConfig,
     Session,
@@ -38,6 +39,7 @@ from .common import (
     check_finite,
     check_model,
     checkpoint,
+    evaluate_classifier,
     evaluating,
     num_params,
     plot_rational_evolution,
@@ -267,18 +269,6 @@ def load(data_dir: str) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.
     return read(TRAIN_FILES), read((TEST_FILE,))
 
 
-class Normalize(nn.Module):
-    """uint8 images -> float, per-channel (x / 255 - mean) / std."""
-
-    def __init__(self, device: torch.device):
-        super().__init__()
-        self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
-        self.inv_std = 1 / (torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() - self.mean) * self.inv_std
-
-
 def random_crop(images: torch.Tensor, offsets: torch.Tensor, padding: int = CROP_PADDING) -> torch.Tensor:
     """Each image of (B, C, H, W) zero-padded by `padding` and cropped back to H x W at its (row,
     column) offset from `offsets` (B x 2, values 0..2 * padding): one gather for the whole batch."""
@@ -318,19 +308,6 @@ def epoch_plan(n: int, generator: torch.Generator, device: torch.device) -> tupl
 # ---- the experiment ---------------------------------------------------------------------------
 
 
-def evaluate(model: nn.Module, normalize: Normalize, images: torch.Tensor, labels: torch.Tensor, autocast) -> tuple[float, float]:
-    """(mean cross-entropy, top-1 accuracy) over the images, in batches, without augmentation."""
-    loss, correct = torch.zeros((), device=images.device), torch.zeros((), device=images.device)
-    with evaluating(model):
-        for start in range(0, len(labels), EVAL_BATCH):
-            x, y = normalize(images[start:start + EVAL_BATCH]), labels[start:start + EVAL_BATCH]
-            with autocast():
-                logits = model(x).float()
-            loss += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-    return loss.item() / len(labels), correct.item() / len(labels)
-
-
 @register_experiment("cifar10", config=Cifar10Config, datasets=("cifar10",),
                      metrics={"train_loss": "min", "test_loss": "min", "test_acc": "max", "best_test_acc": "max", "epoch_time_s": "min"}, smoke={"epochs": 1},
                      family=FAMILY)
@@ -344,7 +321,7 @@ def run(config: Cifar10Config, session: Session) -> dict[str, float]:
     if session.smoke:  # and epochs: 1 (the registered smoke config)
         train_x, train_y, test_x, test_y = train_x[:SMOKE_TRAIN_IMAGES], train_y[:SMOKE_TRAIN_IMAGES], test_x[:SMOKE_TEST_IMAGES], test_y[:SMOKE_TEST_IMAGES]
     train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
-    normalize = Normalize(device)
+    normalize = Normalize(MEAN, STD, device)
     memory_format = torch.channels_last if cuda else torch.contiguous_format
     torch.backends.cudnn.benchmark = True
 
@@ -406,7 +383,7 @@ def run(config: Cifar10Config, session: Session) -> dict[str, float]:
         schedule.step()
         train_loss = loss_sum.item() / seen
         check_finite(train_loss, f"epoch {epoch}")
-        test_loss, test_acc = evaluate(model, normalize, test_x, test_y, autocast)
+        test_loss, test_acc = evaluate_classifier(model, normalize, test_x, test_y, autocast, EVAL_BATCH)
         best_test_acc = max(best_test_acc, test_acc)
         metrics = {
             "train_loss": train_loss,

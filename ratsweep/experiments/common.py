@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, check
@@ -245,6 +246,32 @@ def restore(state: Mapping[str, Any], parts: Mapping[str, Any], generator: torch
     if "cuda" in state["rng"] and torch.cuda.is_available() and len(state["rng"]["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return state
+
+
+class Normalize(nn.Module):
+    """uint8 N x C x H x W images -> float, per-channel (x / 255 - mean) / std, on the device."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+        super().__init__()
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.inv_std = 1 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) * self.inv_std
+
+
+def evaluate_classifier(model: nn.Module, normalize: Normalize, images: torch.Tensor, labels: torch.Tensor, autocast,
+                        batch_size: int) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 accuracy) of `model` over uint8 images on their device, in batches, without augmentation."""
+    loss, correct = torch.zeros((), device=images.device), torch.zeros((), device=images.device)
+    with evaluating(model):
+        for start in range(0, len(labels), batch_size):
+            x, y = normalize(images[start:start + batch_size]), labels[start:start + batch_size]
+            with autocast():
+                logits = model(x).float()
+            loss += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+    return loss.item() / len(labels), correct.item() / len(labels)
 
 
 @contextlib.contextmanager

@@ -36,7 +36,6 @@ from .common import (
     RationalConfig,
     RationalInit,
     Session,
-    activation_factory,
     check_finite,
     checkpoint,
     evaluating,

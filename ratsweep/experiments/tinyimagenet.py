@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, check
@@ -36,6 +35,7 @@ from ..registry import create_model, register_architecture, register_dataset, re
 from .common import (
     Activation,
     DataError,
+    Normalize,
     Rational,
     RationalConfig,
     RationalInit,
@@ -44,6 +44,7 @@ from .common import (
     check_finite,
     check_model,
     checkpoint,
+    evaluate_classifier,
     evaluating,
     file_lock,
     num_params,
@@ -431,32 +432,6 @@ def mixer(config: TinyImageNetConfig):
     return mixup, SoftTargetCrossEntropy()
 
 
-class Normalize(nn.Module):
-    """uint8 N x H x W x C images -> float N x C x H x W, ImageNet-normalized (for evaluation)."""
-
-    def __init__(self, device: torch.device):
-        super().__init__()
-        self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
-        self.inv_std = 1 / (torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
-
-
-def evaluate(model: nn.Module, normalize: Normalize, images: torch.Tensor, labels: torch.Tensor, autocast) -> tuple[float, float]:
-    """(mean cross-entropy, top-1 accuracy) over the validation images (already 64 x 64: the
-    authors' Resize((64, 64)) happened when they were decoded), in batches."""
-    loss, correct = torch.zeros((), device=images.device), torch.zeros((), device=images.device)
-    with evaluating(model):
-        for start in range(0, len(labels), EVAL_BATCH):
-            x, y = normalize(images[start:start + EVAL_BATCH]), labels[start:start + EVAL_BATCH]
-            with autocast():
-                logits = model(x).float()
-            loss += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-    return loss.item() / len(labels), correct.item() / len(labels)
-
-
 # ---- the experiment ---------------------------------------------------------------------------
 
 
@@ -484,12 +459,13 @@ def run(config: TinyImageNetConfig, session: Session) -> dict[str, float]:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = config.tf32
     torch.backends.cudnn.benchmark = True
     cache = cached_arrays(str(Path(session.data_dir).resolve()))
-    val_images = torch.from_numpy(np.load(cache / "val_images.npy"))
+    # N x C x H x W on the device, already 64 x 64: the authors' Resize((64, 64)) happened when they were decoded
+    val_images = torch.from_numpy(np.load(cache / "val_images.npy")).permute(0, 3, 1, 2)
     val_labels = torch.from_numpy(np.load(cache / "val_labels.npy"))
     if session.smoke:
         val_images, val_labels = val_images[:SMOKE_EVAL_IMAGES], val_labels[:SMOKE_EVAL_IMAGES]
-    val_images, val_labels = val_images.to(device), val_labels.to(device)
-    normalize = Normalize(device)
+    val_images, val_labels = val_images.to(device).contiguous(), val_labels.to(device)
+    normalize = Normalize(MEAN, STD, device)
 
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and config.amp)
@@ -536,8 +512,8 @@ def run(config: TinyImageNetConfig, session: Session) -> dict[str, float]:
         train_loss = loss_sum.item() / steps
         train_time = time.perf_counter() - started
         check_finite(train_loss, f"epoch {epoch}")
-        val_loss, val_top1 = evaluate(model, normalize, val_images, val_labels, autocast)
-        _, ema_top1 = evaluate(ema.module, normalize, val_images, val_labels, autocast)
+        val_loss, val_top1 = evaluate_classifier(model, normalize, val_images, val_labels, autocast, EVAL_BATCH)
+        _, ema_top1 = evaluate_classifier(ema.module, normalize, val_images, val_labels, autocast, EVAL_BATCH)
         best_ema_top1 = max(best_ema_top1, ema_top1)
         epoch_time = time.perf_counter() - started  # the authors' time: training plus both evaluations
         elapsed += epoch_time

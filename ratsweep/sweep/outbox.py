@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +28,6 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from .server import redacted
-
 OUTBOX_FILE = "mlflow_outbox.json"
 SPOOL_DIR = "mlflow_outbox"  # artifacts waiting to be sent, beside OUTBOX_FILE
 WRITE_TIMEOUT_S, MAX_BACKOFF_S, WAITING_RETRY_S = 10, 60, 2
@@ -37,7 +36,7 @@ TAG_TRIAL, TAG_PARENT = "ratsweep.trial_id", "mlflow.parentRunId"
 
 @contextlib.contextmanager
 def one_try(timeout_s: float = WRITE_TIMEOUT_S) -> Iterator[None]:
-    """MLflow's HTTP client without its own retries (minutes of them by default): the outbox retries."""
+    """MLflow's HTTP client without its own retries (minutes of them by default): the caller decides on retrying."""
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")}
     os.environ.update(MLFLOW_HTTP_REQUEST_TIMEOUT=str(int(timeout_s)), MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
     try:
@@ -58,7 +57,17 @@ def transient(error: Exception) -> bool:
 
 
 def reason(error: Exception) -> str:
+    """The first non-empty line of an error's message (MLflow's and drivers' run to pages), at most 300 characters."""
     return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)[:300]
+
+
+def redacted(uri: str) -> str:
+    """The URI with any password replaced by ***: what may be printed or logged."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def writes(op: dict[str, Any]) -> Counter:

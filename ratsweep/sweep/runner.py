@@ -21,8 +21,7 @@ from ray import tune
 from .. import config as cfg
 from .. import registry
 from . import search, tracking
-from .outbox import OUTBOX_FILE, Outbox, one_try
-from .server import redacted
+from .outbox import OUTBOX_FILE, Outbox, one_try, redacted
 from .space import Space, SpaceError, UserError
 from .trainable import make_trainable
 
@@ -267,12 +266,15 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
         tune_log.removeFilter(hint)
     interrupted = Signals.received
     outbox = finishing(path, uri, experiment_id, parent)  # as the callback (a restored copy, after --resume) last saved it
-    try:  # stopped: trials whose runs did not end (RUNNING), or ended by an earlier interrupt and not restarted (KILLED)
+    # stopped: trials whose runs did not end (RUNNING), or ended by an earlier interrupt and not
+    # restarted (KILLED); read only once every held write is sent, else Tune's own statuses stand
+    stopped = set()
+    try:
         with one_try():
-            stopped = {trial for trial, (_, status) in tracking.trial_runs(uri, parent).items() if status in ("RUNNING", "KILLED")} \
-                if outbox.flush() else set()
-    except Exception:  # noqa: BLE001  (the store went away again: Tune's own statuses stand)
-        stopped = set()
+            if outbox.flush():
+                stopped = {trial for trial, (_, status) in tracking.trial_runs(uri, parent).items() if status in ("RUNNING", "KILLED")}
+    except Exception:  # noqa: BLE001  (the store went away again)
+        pass
     outbox.put({"op": "finish_sweep", "status": "KILLED" if interrupted else "FINISHED"})
     outbox.flush(wait_s=float(os.environ.get("RATSWEEP_MLFLOW_FINAL_WAIT_S", FINAL_WAIT_S)))
     return SweepOutcome(space, str(path), uri, _rows(space, results, stopped), interrupted, outbox.unsent())

@@ -12,16 +12,8 @@ import os
 import sys
 import urllib.parse
 
+from .outbox import reason, redacted
 from .space import UserError
-
-
-def redacted(uri: str) -> str:
-    """The URI with any password replaced by ***: what may be printed or logged."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def check_backend(uri: str) -> None:
@@ -36,8 +28,7 @@ def check_backend(uri: str) -> None:
     try:
         psycopg2.connect(uri.replace("postgresql+psycopg2://", "postgresql://"), connect_timeout=5).close()
     except psycopg2.Error as e:
-        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise UserError(f"--backend-store-uri: cannot connect to {redacted(uri)}: {reason}") from None
+        raise UserError(f"--backend-store-uri: cannot connect to {redacted(uri)}: {reason(e)}") from None
 
 
 def command(backend: str, artifacts: str, host: str, port: int, workers: int, allowed_hosts: str | None) -> list[str]:

@@ -502,7 +502,7 @@ def _searched(path, raw) -> list[dict[str, Any]]:
         if set(part) != set(parts[0]):
             missing, extra = sorted(set(parts[0]) - set(part)), sorted(set(part) - set(parts[0]))
             _fail(path, f"search_space[{i}]", "expected the same keys as search_space[0] (each space of a union names every "
-                  f"searched key)" + (f"; missing {', '.join(missing)}" if missing else "") + (f"; extra {', '.join(extra)}" if extra else ""))
+                  "searched key)" + (f"; missing {', '.join(missing)}" if missing else "") + (f"; extra {', '.join(extra)}" if extra else ""))
     return parts
 
 

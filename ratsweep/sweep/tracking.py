@@ -8,7 +8,6 @@ its run instead of opening a second one.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import json
 import math
@@ -26,8 +25,7 @@ from ray.tune import Callback
 
 from .. import config as cfg
 from .. import registry
-from .outbox import Outbox
-from .server import redacted
+from .outbox import TAG_PARENT, TAG_TRIAL, Outbox, one_try, reason, redacted
 from .space import Space, UserError
 from .trainable import ARTIFACTS, RESULT_KEY
 
@@ -35,7 +33,7 @@ from .trainable import ARTIFACTS, RESULT_KEY
 # output (and job logs); ratsweep's summary says where the runs are instead.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
-TAG_KIND, TAG_TRIAL, TAG_PARENT, TAG_SWEEP = "ratsweep.kind", "ratsweep.trial_id", "mlflow.parentRunId", "ratsweep.sweep"
+TAG_KIND, TAG_SWEEP = "ratsweep.kind", "ratsweep.sweep"  # TAG_TRIAL, TAG_PARENT: the outbox's, which finds runs by them
 TAG_REPORT = "ratsweep.report"  # on a sweep run: its search space's report layout (JSON)
 PLAN_FILE = "plan.json"  # on a sweep run: what it set out to run (sweep_plan), for `report`
 # Bookkeeping Tune adds to every result: not metrics of the experiment.
@@ -59,31 +57,16 @@ def tracking_uri(explicit: str | None = None) -> str:
 
 
 # The start-up check gives a server this long, once, instead of MLflow's minutes of retries.
-CHECK_TIMEOUT_S, CHECK_RETRIES = 5, 0
-
-
-@contextlib.contextmanager
-def _quick_requests():
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")}
-    os.environ.update(MLFLOW_HTTP_REQUEST_TIMEOUT=str(CHECK_TIMEOUT_S), MLFLOW_HTTP_REQUEST_MAX_RETRIES=str(CHECK_RETRIES))
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+CHECK_TIMEOUT_S = 5
 
 
 def _probe(uri: str) -> None:
     """One quick query of the store, or a one-line UserError with MLflow's reason."""
     try:
-        with _quick_requests():
+        with one_try(CHECK_TIMEOUT_S):
             client(uri).search_experiments(max_results=1)
     except Exception as e:  # MLflow raises several types for bad schemes, unreachable servers, auth, bad files
-        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise UserError(f"--tracking-uri: cannot use MLflow store {redacted(uri)!r}: {reason[:300].replace(uri, redacted(uri))}") from None
+        raise UserError(f"--tracking-uri: cannot use MLflow store {redacted(uri)!r}: {reason(e).replace(uri, redacted(uri))}") from None
 
 
 def check_store(uri: str) -> None:
