@@ -4,6 +4,7 @@ starts wherever it can be checked then, leaving no store or run behind."""
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
 import time
 
@@ -15,6 +16,7 @@ from ratsweep import cli, registry
 from ratsweep.experiments.common import LocalSession
 from ratsweep.sweep import runner, tracking
 from ratsweep.sweep.space import MAX_TRIALS, SpaceError, load
+from ratsweep.sweep.trainable import ITERATION_KEY, STATE_FILE, checkpoint_iteration
 
 
 def one_line_exit_2(proc, *fragments: str) -> None:
@@ -273,3 +275,22 @@ def test_local_session_keeps_what_was_reported_not_what_came_after():
     session.report({"loss": 1.0}, state={"weights": weights, "step": [1]})
     weights.add_(5)
     assert torch.equal(session.states[0]["weights"], torch.zeros(3))
+
+
+def test_a_checkpoint_copy_cut_short_is_not_resumed_from(tmp_path):
+    """runner.repoint_lost_checkpoints skips checkpoint folders whose copy into storage a kill cut short."""
+    complete = tmp_path / "checkpoint_000003"
+    complete.mkdir()
+    (complete / ".metadata.json").write_text(json.dumps({ITERATION_KEY: 4}))
+    torch.save({"weights": torch.ones(1000)}, complete / STATE_FILE)
+    assert checkpoint_iteration(complete) == 4
+
+    cut = tmp_path / "checkpoint_000004"
+    shutil.copytree(complete, cut)
+    data = (cut / STATE_FILE).read_bytes()
+    (cut / STATE_FILE).write_bytes(data[: len(data) // 2])
+    assert checkpoint_iteration(cut) is None
+    (cut / STATE_FILE).unlink()
+    assert checkpoint_iteration(cut) == 4  # an experiment without state: the metadata is the checkpoint
+    (cut / ".metadata.json").unlink()
+    assert checkpoint_iteration(cut) is None

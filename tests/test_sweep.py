@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -328,6 +329,59 @@ def test_resume_after_killing_the_driver(tmp_path):
             assert run.info.end_time == finished_before[run.info.run_id]
             [trial_dir] = (tmp_path / "ratsweep_results").glob(f"resumable-*/approx_{run.data.tags['ratsweep.trial_id']}_*")
             assert len((trial_dir / "result.json").read_text().splitlines()) == 6
+
+
+def test_resume_when_the_state_names_a_checkpoint_already_replaced(tmp_path):
+    """Tune saves its experiment state on a period but deletes a trial's older checkpoint as soon as a
+    newer one lands (num_to_keep=1). Kill the driver in that window, made certain here by putting back
+    the state saved before the deletion: the trial must resume from the checkpoint that replaced it
+    (its steps all logged), not fail."""
+    space = SLOW_SPACE.format(name="replaced").replace("steps: 1200", "steps: 6000").replace("[abs, step, sin]", "[abs, sin]")
+    (tmp_path / "slow.yaml").write_text(space.replace("[relu, rational]", "[relu]"))
+    args = [sys.executable, "-m", "ratsweep", "run", "slow.yaml", "--max-concurrent", "1"]
+    driver = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    stale = recorded = None
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and driver.poll() is None:
+            time.sleep(0.2)
+            states = list((tmp_path / "ratsweep_results").glob("replaced-*/experiment_state-*.json"))
+            try:
+                text = states[0].read_text()
+                trials = [(json.loads(t), json.loads(m)) for t, m in json.loads(text)["trial_data"]]
+            except (IndexError, OSError, ValueError):
+                continue  # not written yet, or mid-copy
+            if stale is None:
+                running = [(t, m) for t, m in trials if t["status"] == "RUNNING" and (m["last_result"] or {}).get("checkpoint_dir_name")]
+                if running and running[0][1]["last_result"]["training_iteration"] >= 2:
+                    trial, metadata = running[0]
+                    stale, recorded = text, states[0].parent / trial["relative_logdir"] / metadata["last_result"]["checkpoint_dir_name"]
+            elif not recorded.exists():  # replaced by a newer checkpoint; the trial still runs
+                break
+        else:
+            pytest.fail("the sweep ended before a checkpoint named in a saved state was replaced")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    checkpoints, quiet_since = None, time.time()
+    while time.time() - quiet_since < 3:  # a worker may outlive the driver by a report or two
+        time.sleep(0.5)
+        if checkpoints != (checkpoints := sorted(recorded.parent.glob("checkpoint_*"))):
+            quiet_since = time.time()
+    states[0].write_text(stale)
+
+    resumed = ratsweep(tmp_path, "run", "slow.yaml", "--resume").stdout
+    [(lost, replacement)] = re.findall(r"\((checkpoint_\d+) -> (checkpoint_\d+)\)", resumed)
+    # the state's checkpoint manager may lag its last result by one report
+    assert lost <= recorded.name < replacement and not (recorded.parent / lost).exists()
+    client = mlflow_client(tmp_path)
+    runs, [sweep] = trial_runs(client, "replaced")
+    assert sweep.info.status == "FINISHED" and len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        assert {m.step for m in client.get_metric_history(run.info.run_id, "max_abs_err")} == set(range(1, 31))
+    last = json.loads((recorded.parent / "result.json").read_text().splitlines()[-1])
+    iteration = int(replacement.removeprefix("checkpoint_")) + 1  # one checkpoint per report
+    assert (last["training_iteration"], last["iterations_since_restore"]) == (30, 30 - iteration)  # went on from it
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -23,7 +23,7 @@ from .. import registry
 from . import search, tracking
 from .outbox import OUTBOX_FILE, Outbox, one_try, redacted
 from .space import Space, SpaceError, UserError
-from .trainable import make_trainable
+from .trainable import ITERATION_KEY, checkpoint_iteration, make_trainable
 
 FINAL_WAIT_S = 30  # how long a finished sweep keeps trying to send held MLflow writes (RATSWEEP_MLFLOW_FINAL_WAIT_S)
 SWEEP_FILE = "ratsweep_sweep.json"  # in the Tune experiment folder: what --resume needs to continue
@@ -223,6 +223,54 @@ def repair_tune_state(experiment: Path) -> list[str]:
     return repaired
 
 
+def repoint_lost_checkpoints(experiment: Path) -> list[str]:
+    """Tune deletes a trial's older checkpoint (num_to_keep) as soon as a newer one is registered, but
+    saves its experiment state only on a period: a driver killed in between leaves a state naming a
+    deleted checkpoint, and that trial would fail every restore. Point it at the checkpoint that
+    replaced it instead, with the iteration the trainable recorded there; returns the trials repointed."""
+    # Tune's own (de)serialisation of its state: the checkpoint manager and storage are pickled inside
+    from ray.train._internal.checkpoint_manager import _CheckpointManager  # noqa: PLC0415
+    from ray.train._internal.session import _TrainingResult  # noqa: PLC0415
+    from ray.tune.trainable.metadata import _TrainingRunMetadata  # noqa: PLC0415
+    from ray.tune.utils.serialization import TuneFunctionEncoder, _loads_with_cloudpickle  # noqa: PLC0415
+
+    repointed = []
+    for path in sorted(experiment.glob("experiment_state-*.json")):
+        state = json.loads(path.read_text())
+        changed = False
+        for pair in state["trial_data"]:
+            metadata = _TrainingRunMetadata.from_json_state(pair[1])
+            manager = metadata.checkpoint_manager
+            latest = manager.latest_checkpoint_result if manager else None
+            if latest is None:
+                continue
+            lost = Path(latest.checkpoint.path)
+            folder = experiment / lost.parent.name
+            if (folder / lost.name).exists():
+                continue
+            # Zero-padded indices: by name is by age. The oldest complete one is the checkpoint Tune had
+            # registered (deleting `lost`) after its result was logged; newer ones may be a worker's
+            # whose result the driver never saw, or a copy the kill cut short.
+            found = ((c, checkpoint_iteration(c)) for c in sorted(folder.glob("checkpoint_*")) if c.name > lost.name)
+            replacement, iteration = next(((c, i) for c, i in found if i is not None), (None, None))
+            if replacement is None:
+                continue  # nothing to point at: Tune says the checkpoint is gone
+            checkpoint = tune.Checkpoint(str(lost.with_name(replacement.name)), filesystem=latest.checkpoint.filesystem)
+            metrics = {**latest.metrics, ITERATION_KEY: iteration, "checkpoint_dir_name": replacement.name}
+            metadata.checkpoint_manager = _CheckpointManager(manager.checkpoint_config)
+            metadata.checkpoint_manager.register_checkpoint(_TrainingResult(checkpoint=checkpoint, metrics=metrics))
+            trial = _loads_with_cloudpickle(pair[0])
+            trial["storage"].current_checkpoint_index = int(replacement.name.removeprefix("checkpoint_"))  # the next is one more
+            pair[:] = [json.dumps(trial, indent=2, cls=TuneFunctionEncoder), metadata.get_json_state()]
+            repointed.append(f"{trial['trial_id']} ({lost.name} -> {replacement.name})")
+            changed = True
+        if changed:
+            staged = path.with_name(f".{path.name}.ratsweep")
+            staged.write_text(json.dumps(state, indent=2, cls=TuneFunctionEncoder))
+            staged.replace(path)
+    return repointed
+
+
 def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
     uri = tracking.tracking_uri(options.tracking_uri)
     storage = Path(options.storage).expanduser().resolve()
@@ -232,13 +280,16 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
         marker = json.loads((previous / SWEEP_FILE).read_text())
         parent, uri = marker["parent_run_id"], marker["tracking_uri"]  # the store the sweep began in
         repaired = repair_tune_state(previous)
+        repointed = repoint_lost_checkpoints(previous)
         held = sync(previous)  # writes an earlier run of this sweep could not send
         if held:
             print(f"ratsweep: {held}", flush=True)
         tracking.client(uri).update_run(parent, status="RUNNING")
         experiment_id = marker.get("experiment_id") or tracking.client(uri).get_run(parent).info.experiment_id
         print(f"ratsweep: resuming {previous} (MLflow parent run {parent})"
-              + (f"; restored {', '.join(repaired)} from the driver's copy" if repaired else ""), flush=True)
+              + (f"; restored {', '.join(repaired)} from the driver's copy" if repaired else "")
+              + (f"; trials whose recorded checkpoint was already replaced resume from its replacement: {', '.join(repointed)}"
+                 if repointed else ""), flush=True)
         tuner = tune.Tuner.restore(str(previous), trainable, resume_unfinished=True, resume_errored=True)
         path = previous
     else:

@@ -8,11 +8,13 @@ divergence) travel inside the result under RESULT_KEY.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from .space import Space
 
 RESULT_KEY = "ratsweep"  # result[RESULT_KEY] = {"params": {...}, "tags": {...}, "failure": "...", "artifacts_only": True}
 STATE_FILE = "state.pt"
+ITERATION_KEY = "training_iteration"  # in each checkpoint's metadata: the Tune iteration that reported it
 ARTIFACTS = "artifacts"
 
 
@@ -65,9 +68,10 @@ def _listing(directory: Path) -> dict[str, tuple[int, int]]:
 class TuneSession:
     """The Session an experiment sees inside a Tune trial."""
 
-    def __init__(self, smoke: bool, data_dir: str, restored: dict | None, artifact_dir: Path, metric: str):
+    def __init__(self, smoke: bool, data_dir: str, restored: dict | None, artifact_dir: Path, metric: str, iteration: int = 0):
         self.smoke, self.data_dir, self.restored, self.artifact_dir = smoke, Path(data_dir), restored, artifact_dir
         self.metric = metric
+        self.iteration = iteration  # Tune's count of this trial's results, carried across restores
         self._pending: dict[str, Any] = {"params": {}, "tags": environment_tags()}
         self.last_metrics: dict[str, Any] = {}
         self._last_state: dict | None = None
@@ -104,18 +108,36 @@ class TuneSession:
                 shutil.copytree(self.artifact_dir, os.path.join(tmp, ARTIFACTS))
             has_content = self._last_state is not None or bool(self._reported_files)
             checkpoint = tune.Checkpoint.from_directory(tmp) if has_content else None
+            self.iteration += 1
+            if checkpoint is not None:  # lets --resume restore from it alone (runner.repoint_lost_checkpoints)
+                checkpoint.set_metadata({ITERATION_KEY: self.iteration})
             tune.report(result, checkpoint=checkpoint)
 
 
-def restored_state() -> dict | None:
+def restored_state() -> tuple[dict | None, int]:
+    """The experiment state of the checkpoint Tune restores this trial from, and its iteration."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        return None
+        return None, 0
+    iteration = checkpoint.get_metadata().get(ITERATION_KEY, 0)
     with checkpoint.as_directory() as directory:
         path = os.path.join(directory, STATE_FILE)
         # CPU first: the trial may resume on another node, or without the GPU it was saved from;
         # load_state_dict then moves each part where the model lives.
-        return torch.load(path, weights_only=False, map_location="cpu") if os.path.exists(path) else None
+        state = torch.load(path, weights_only=False, map_location="cpu") if os.path.exists(path) else None
+    return state, iteration
+
+
+def checkpoint_iteration(directory: Path) -> int | None:
+    """The iteration a checkpoint folder in storage was reported at, or None if it is incomplete (its
+    copy into storage cut short) or was not written by this trainable."""
+    try:
+        iteration = json.loads((directory / ".metadata.json").read_text())[ITERATION_KEY]  # tune.Checkpoint.set_metadata's file
+    except (OSError, ValueError, KeyError):
+        return None
+    state = directory / STATE_FILE
+    # torch.save writes a zip: a truncated one has no end-of-central-directory record
+    return iteration if not state.exists() or zipfile.is_zipfile(state) else None
 
 
 def make_trainable(space: Space, smoke: bool, data_dir: str, flush_denormal: bool = True):
@@ -133,7 +155,8 @@ def make_trainable(space: Space, smoke: bool, data_dir: str, flush_denormal: boo
         config = space.build_config(trial_config)
         torch.set_flush_denormal(flush_denormal)  # per worker process: CPU arithmetic only
         with tempfile.TemporaryDirectory(prefix="ratsweep-artifacts-") as artifacts:
-            session = TuneSession(smoke, data_dir, restored_state(), Path(artifacts), space.metric)
+            state, iteration = restored_state()
+            session = TuneSession(smoke, data_dir, state, Path(artifacts), space.metric, iteration)
             try:
                 experiment.run(config, session)
                 session.flush_artifacts()
