@@ -8,11 +8,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -20,13 +18,11 @@ from pathlib import Path
 import pytest
 
 from helpers import artifacts, mlflow_client, ratsweep, trial_runs
+from services import free_port, install_plugin
 from synthetic_data import write_cifar10, write_minari, write_tinyimagenet
 
 from ratsweep import cli, registry
 from ratsweep.sweep.space import load
-
-PLUGIN = Path(__file__).parent / "plugin"
-
 
 SMOKE_SPACE = """\
 name: e2e_approx
@@ -185,12 +181,7 @@ def test_gpu_request_on_a_cluster_without_gpus_starts_nothing(tmp_path):
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory) -> dict:
     """The environment of a ratsweep that has the test plugin installed (into a folder on PYTHONPATH)."""
-    site = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(PLUGIN)],
-        check=True, capture_output=True, timeout=300,
-    )
-    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    return install_plugin(tmp_path_factory.mktemp("site"))
 
 
 def test_plugin_package_is_discovered_and_swept(tmp_path, plugin_env):
@@ -417,58 +408,6 @@ def test_an_interrupt_stops_the_invocation_closes_its_runs_and_says_how_to_resum
         runs, [sweep] = trial_runs(client, "interrupted")
         assert sweep.info.status == "FINISHED" and len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
         assert all({m.step for m in client.get_metric_history(r.info.run_id, "max_abs_err")} == set(range(1, 7)) for r in runs)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_submit_runs_the_sweep_as_a_ray_job(tmp_path):
-    """A real one-node cluster (token auth, as Ray >= 2.60 starts it), the job shipped from here."""
-    import secrets
-
-    env = {
-        **os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),  # the job's `python`
-    }
-    dashboard = free_port()
-    ray_temp = tempfile.mkdtemp(prefix="rs-ray-")  # short: Ray's socket paths live under it
-    head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-         f"--port={free_port()}", f"--dashboard-port={dashboard}", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--temp-dir={ray_temp}", "--num-cpus=2", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        address = f"http://127.0.0.1:{dashboard}"
-        project = tmp_path / "project"
-        project.mkdir()
-        (tmp_path / "space.yaml").write_text(HEADER_SUBMIT)  # outside the working dir: staged with the package
-        for _ in range(60):  # the dashboard takes a few seconds to come up
-            proc = ratsweep(project, "submit", str(tmp_path / "space.yaml"), "--address", address, "--smoke", "--tracking-uri",
-                            f"sqlite:///{project / 'mlruns.db'}", env=env, check=False)
-            if proc.returncode == 0:
-                break
-            time.sleep(2)
-        assert proc.returncode == 0, proc.stderr
-        job_id = proc.stdout.split()[2]
-        assert f"ray job logs --follow --address {address} {job_id}" in proc.stdout
-        ray_cli = [str(Path(sys.executable).parent / "ray"), "job"]
-        logs = subprocess.run([*ray_cli, "logs", "--follow", "--address", address, job_id],
-                              env=env, capture_output=True, text=True, timeout=300).stdout
-        status = subprocess.run([*ray_cli, "status", "--address", address, job_id], env=env, capture_output=True, text=True).stdout
-        assert "succeeded" in status, logs[-3000:]
-        assert "== submitted: 2 trials" in logs
-        runs, _ = trial_runs(mlflow_client(project), "submitted")
-        assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)
-        shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 HEADER_SUBMIT = """\

@@ -7,17 +7,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers import ratsweep
+from services import MlflowServer
 
 SPACE = """\
 name: flaky
@@ -31,48 +30,9 @@ search_space:
 REPORTS = 8000 // 500
 
 
-class MlflowServer:
-    """`mlflow server` on a free 127.0.0.1 port, its store and artifacts in `folder`; stop/start keep both."""
-
-    def __init__(self, folder: Path):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.folder, self.proc = folder, None
-        self.uri = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}", "--artifacts-destination", str(self.folder / "artifacts")],
-            cwd=self.folder, stdout=subprocess.DEVNULL, stderr=open(self.folder / "server.log", "a"), start_new_session=True)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError(f"mlflow server did not come up: {(self.folder / 'server.log').read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # the server and its workers: its own process group
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.proc = None
-
-
 @pytest.fixture
 def server(tmp_path):
-    folder = tmp_path / "server"
-    folder.mkdir()
-    running = MlflowServer(folder)
-    running.start()
+    running = MlflowServer(tmp_path / "server").start()
     yield running
     running.stop()
 

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
+from ray import cloudpickle
 from ray.tune import Callback
 
 from .. import config as cfg
 from .. import registry
 from .outbox import TAG_PARENT, TAG_TRIAL, Outbox, one_try, reason, redacted
 from .space import Space, UserError
-from .trainable import ARTIFACTS, RESULT_KEY
+from .trainable import ARTIFACTS, RESULT_KEY, TAGS_ATTRIBUTE
 
 # MLflow prints each ended run's URL, credentials of the tracking URI included, into the driver's
 # output (and job logs); ratsweep's summary says where the runs are instead.
@@ -213,6 +214,8 @@ class MlflowTracking(Callback):
         self.outbox = Outbox(uri, experiment_id, parent_run_id, folder)
         self._failures: dict[str, str] = {}
         self._configs: dict[str, dict] = {}  # the applicable config each run was started with
+        self._last_step: dict[str, int] = {}  # the last report step logged per trial
+        self._replaying: dict[str, int] = {}  # a retried trial's reports up to this step were logged before it failed
         self.commit = git_commit()  # of the driver's code, which the trials run
         self.provenance = provenance(space)
 
@@ -232,7 +235,12 @@ class MlflowTracking(Callback):
         # an artifacts-only result repeats the last report's metrics: they are logged once. NaN (a
         # diverged trial's last report) is not logged, so the run keeps the last finite value: for a
         # best_* metric the best before divergence, which `report --failed-as` counts as the authors did.
-        metrics = [] if extra.get("artifacts_only") else [[k, v, now, step] for k, v in _numeric(result).items() if not math.isnan(v)]
+        replayed = step <= self._replaying.get(trial.trial_id, -1)  # a report the failed attempt already logged
+        if not replayed:
+            self._replaying.pop(trial.trial_id, None)
+            self._last_step[trial.trial_id] = step
+        metrics = [] if extra.get("artifacts_only") or replayed else \
+            [[k, v, now, step] for k, v in _numeric(result).items() if not math.isnan(v)]
         params = {k: _param(v) for k, v in (extra.get("params") or {}).items()}
         tags = {k: str(v) for k, v in (extra.get("tags") or {}).items()}
         config = self.space.active(trial.config)
@@ -252,14 +260,17 @@ class MlflowTracking(Callback):
                          "artifacts": self._artifacts(trial)})
 
     def on_trial_recover(self, iteration, trials, trial, **info):
+        """A trial that failed (its node died) restarts from its last checkpoint, which may predate its
+        last logged report: each step stays logged once."""
+        self._replaying[trial.trial_id] = self._last_step.get(trial.trial_id, -1)
         self.outbox.put({"op": "log", "trial": trial.trial_id, "tags": {"ratsweep.retries": str(trial.run_metadata.num_failures)}})
 
     def on_trial_error(self, iteration, trials, trial, **info):
         """Out of retries: FAILED, the exception's last line as a tag, the whole trace as error.txt."""
         trace = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
         lines = [line.strip() for line in trace.splitlines() if line.strip()]
-        op = {"op": "end", "trial": trial.trial_id, "status": "FAILED", "artifacts": self._artifacts(trial),
-              "tags": {"ratsweep.failure": (lines[-1] if lines else "trial failed")[:5000]}}
+        tags = _raised_tags(trial) | {"ratsweep.failure": (lines[-1] if lines else "trial failed")[:5000]}
+        op = {"op": "end", "trial": trial.trial_id, "status": "FAILED", "artifacts": self._artifacts(trial), "tags": tags}
         if trace:
             op |= {"text": trace, "text_file": "error.txt"}
         self.outbox.put(op)
@@ -272,6 +283,18 @@ class MlflowTracking(Callback):
         with checkpoint.as_directory() as directory:
             artifacts = Path(directory) / ARTIFACTS
             return self.outbox.spool(trial.trial_id, artifacts) if artifacts.is_dir() else None
+
+
+def _raised_tags(trial) -> dict[str, str]:
+    """The environment tags the trainable attached to the exception that ended the trial (node,
+    device, versions): a trial that failed before its first report has no other record of them."""
+    path = trial.pickled_error_file
+    try:
+        error = cloudpickle.loads(Path(path).read_bytes()) if path else None
+    except Exception:  # noqa: BLE001  (a missing or unreadable file: nothing to add)
+        return {}
+    tags = getattr(getattr(error, "cause", error), TAGS_ATTRIBUTE, None) or {}
+    return {k: str(v) for k, v in tags.items()}
 
 
 def _param(value) -> str:

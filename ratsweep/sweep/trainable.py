@@ -28,6 +28,7 @@ from ..experiments.common import DataError, Diverged
 from ..rational import resolve_backend
 from .space import Space
 
+TAGS_ATTRIBUTE = "ratsweep_tags"  # on an exception a trial raised: its environment_tags(), for the driver
 RESULT_KEY = "ratsweep"  # result[RESULT_KEY] = {"params": {...}, "tags": {...}, "failure": "...", "artifacts_only": True}
 STATE_FILE = "state.pt"
 ITERATION_KEY = "training_iteration"  # in each checkpoint's metadata: the Tune iteration that reported it
@@ -164,6 +165,11 @@ def make_trainable(space: Space, smoke: bool, data_dir: str, flush_denormal: boo
                 # Deterministic: a retry would fail the same way. Record why and end the trial normally.
                 metrics = {**session.last_metrics, space.metric: float("nan")}
                 session.report(metrics, failure=f"diverged: {e}" if isinstance(e, Diverged) else str(e))
+            except Exception as e:
+                # a trial failing before its first report still says where it ran (the error travels
+                # pickled to the driver; its type and message stay the experiment's own)
+                setattr(e, TAGS_ATTRIBUTE, environment_tags())
+                raise
 
     trainable.__name__ = experiment_name  # trial names read "approx_1a2b3c4d"
     return tune.with_resources(trainable, {"cpu": space.resources["cpu"], "gpu": space.resources["gpu"]})

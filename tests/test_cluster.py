@@ -1,0 +1,161 @@
+"""A team's setup with real parts on this machine, started as the README's cluster section starts
+them: PostgreSQL, `ratsweep server` (MLflow) on it, a Ray cluster of a head and a worker node
+(`ray start --block`, token auth), sweeps sent with `ratsweep submit`. Then its faults: a trial that
+raises and one that goes NaN, the worker node dying mid-sweep, the tracking server stopped and
+started again; no run lost or doubled, every report step on the server once."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from helpers import ratsweep
+from services import MlflowServer, Postgres, RayCluster, install_plugin
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory):
+    """(cluster, tracking server, shared storage) for the module's tests."""
+    folder = tmp_path_factory.mktemp("team")
+    postgres = Postgres().start()
+    server = cluster = None
+    try:
+        server = MlflowServer(folder / "mlflow", postgres=postgres.uri, workers=2).start()
+        cluster = RayCluster(extra_env=install_plugin(folder / "site")).start()
+        yield cluster, server, folder / "results"
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        if server is not None:
+            server.stop()
+        postgres.stop()
+
+
+def submit(cluster: RayCluster, server: MlflowServer, storage: Path, folder: Path, space: str) -> str:
+    """`ratsweep submit` from a project folder of a space file outside it, as a user might; the job id."""
+    project = folder / "project"
+    project.mkdir()
+    (folder / "space.yaml").write_text(space)  # staged into the job by submit
+    proc = ratsweep(project, "submit", str(folder / "space.yaml"), "--address", cluster.address, "--tracking-uri", server.uri,
+                    "--storage", str(storage), env=cluster.env)
+    job = proc.stdout.split()[2]  # "submitted job raysubmit_... ; follow it with: ..."
+    assert f"ray job logs --follow --address {cluster.address} {job}" in proc.stdout
+    return job
+
+
+def trial_runs(client: MlflowClient, name: str) -> list:
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None, f"no MLflow experiment {name}"
+    return client.search_runs([experiment.experiment_id], "tags.`ratsweep.kind` = 'trial'", max_results=1000)
+
+
+def reported_steps(storage: Path, name: str, metric: str) -> dict[str, list[int]]:
+    """Tune's own record of each trial's reports (its result.json in the shared storage)."""
+    [sweep] = storage.glob(f"{name}-*")
+    steps = {}
+    for result in sweep.glob("*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        steps[rows[0]["trial_id"]] = sorted({row["training_iteration"] for row in rows if metric in row})
+    return steps
+
+
+SPREAD = """\
+name: spread
+experiment: toy
+metric: {name: mse, mode: min}
+max_failures: 1
+config: {steps: 400}
+search_space:
+  - {activation: {grid: [relu, rational]}, seed: {grid: [0, 1]}, fail: false, diverge: false}
+  - {activation: rational, seed: 0, fail: true, diverge: false}
+  - {activation: rational, seed: 0, fail: false, diverge: true}
+"""
+
+
+def test_a_submitted_sweep_runs_on_both_nodes_records_its_failures_and_reads_back(team, tmp_path):
+    cluster, server, storage = team
+    logs, status = cluster.wait_for_job(submit(cluster, server, storage, tmp_path, SPREAD))
+    assert "== spread: 6 trials" in logs, logs[-3000:]
+    assert "spread: 4 finished, 1 failed, 1 diverged" in logs, logs[-3000:]
+    assert "failed" in status.lower()  # exit 3: some trials failed, the sweep itself completed
+
+    client = MlflowClient(server.uri)
+    runs = trial_runs(client, "spread")
+    assert len(runs) == 6 and len({r.data.tags["ratsweep.trial_id"] for r in runs}) == 6  # one run per trial
+    assert len({r.data.tags["ray.node_id"] for r in runs}) == 2  # the head and the worker both ran trials
+    for run in runs:
+        failure = run.data.tags.get("ratsweep.failure", "")
+        if run.data.params["fail"] == "True":
+            assert run.info.status == "FAILED" and "toy: asked to fail" in failure and run.data.tags["ratsweep.retries"] == "1"
+        elif run.data.params["diverge"] == "True":
+            assert run.info.status == "FAILED" and failure.startswith("diverged: loss is nan")
+        else:
+            assert run.info.status == "FINISHED" and not failure
+            # artifacts go through the server into its store, not to a path on whichever node ran the trial
+            assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+            assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"final.txt"}
+            assert list((server.folder / "artifacts").rglob(f"{run.info.run_id}/artifacts/final.txt"))
+
+    best = ratsweep(tmp_path, "best", "spread", "--tracking-uri", server.uri).stdout  # read back from the server
+    winner = min((r for r in runs if r.info.status == "FINISHED"), key=lambda r: r.data.metrics["mse"])
+    assert f"run {winner.info.run_id}" in best.splitlines()[0] and "fail=False" in best, best
+
+
+SLOW = """\
+name: enduring
+experiment: approx
+metric: {name: max_abs_err, mode: min}
+config: {steps: 8000, report_every: 500, param_budget: 200}
+search_space:
+  target: {grid: [abs, sin]}
+  activation: {grid: [relu, rational]}
+"""
+REPORTS = 8000 // 500
+
+
+def test_a_dead_worker_node_and_a_restarted_tracker_lose_no_run_and_no_report(team, tmp_path):
+    cluster, server, storage = team
+    if cluster.alive_nodes() < 2:
+        cluster.add_worker()
+    job = submit(cluster, server, storage, tmp_path, SLOW)
+    client = MlflowClient(server.uri)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # both nodes running a trial that has reported twice
+        experiment = client.get_experiment_by_name("enduring")
+        running = experiment and [r for r in client.search_runs([experiment.experiment_id], "tags.`ratsweep.kind` = 'trial'")
+                                  if r.info.status == "RUNNING" and len(client.get_metric_history(r.info.run_id, "max_abs_err")) >= 2]
+        if running and len({r.data.tags["ray.node_id"] for r in running}) == 2:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the sweep did not get a trial going on each node")
+    cluster.kill_worker()
+    server.stop()
+    deadline = time.time() + 120
+    while "cannot take writes" not in cluster.job_logs(job):  # the driver may be busy with the dead node a while
+        assert time.time() < deadline, "the driver never found the tracking server gone"
+        time.sleep(1)
+    time.sleep(3)  # several reports held while the tracker is away
+    server.start()
+    logs, status = cluster.wait_for_job(job)
+    assert "succeeded" in status.lower() and "enduring: 4 finished" in logs, logs[-3000:]
+    assert "cannot take writes" in logs and "is back after" in logs and "not written to" not in logs, logs[-3000:]
+
+    reported = reported_steps(storage, "enduring", "max_abs_err")
+    runs = trial_runs(client, "enduring")
+    assert sorted(r.data.tags["ratsweep.trial_id"] for r in runs) == sorted(reported)  # none lost, none doubled
+    restarted = [r for r in runs if "ratsweep.retries" in r.data.tags]
+    assert restarted, "no trial was running on the worker node when it died"
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "max_abs_err")]
+        assert sorted(steps) == reported[run.data.tags["ratsweep.trial_id"]] == list(range(1, REPORTS + 1)), run.info.run_id
+        assert run.info.status == "FINISHED"
+    [sweep] = storage.glob("enduring-*")
+    for run in restarted:  # went on from its checkpoint in the shared storage, not from the start
+        [trial] = sweep.glob(f"*_{run.data.tags['ratsweep.trial_id']}_*")
+        rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+        assert any(row["iterations_since_restore"] < row["training_iteration"] for row in rows), run.info.run_id
