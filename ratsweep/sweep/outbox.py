@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 import time
 import urllib.parse
 from collections import Counter
@@ -80,18 +81,41 @@ def writes(op: dict[str, Any]) -> Counter:
 
 
 class Outbox:
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, folder: str | Path | None = None):
+    # this process's MLflow writes over all its outboxes: their time (in whichever thread sent them)
+    # and the time the callers waited for them, for the cost line of a sweep's summary
+    spent_s: float = 0.0
+    waited_s: float = 0.0
+    writes: int = 0
+    _clock = threading.Lock()
+    _background: list[Outbox] = []  # outboxes with a sender thread running
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, folder: str | Path | None = None, background: bool = False):
         self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
         self.folder = Path(folder) if folder is not None else None  # where the file and the spooled artifacts live
+        self.background = background  # sent by a thread of its own: Tune's event loop never waits on MLflow
         self.pending: list[dict[str, Any]] = []
         self.refused: list[dict[str, Any]] = []  # operations the store rejected, each with its "error"
         self.runs: dict[str, str] = {}  # trial id -> run id
+        self.fresh = True  # a new sweep's: no run of its trials exists yet unless this outbox made it
         self.retry_at, self.backoff = 0.0, 1.0
         self.down_since: float | None = None
         self._client: MlflowClient | None = None
+        self._init_threading()
 
-    def __getstate__(self):  # pickled with the Tuner (restore): no live client
-        return {**self.__dict__, "_client": None}
+    def _init_threading(self) -> None:
+        self._lock, self._wake, self._stop = threading.Lock(), threading.Event(), threading.Event()
+        self._sender: threading.Thread | None = None
+
+    def __getstate__(self):  # pickled with the Tuner (restore): no live client, lock or thread
+        with self._lock:
+            state = {**self.__dict__, "pending": list(self.pending), "refused": list(self.refused), "runs": dict(self.runs)}
+        for key in ("_client", "_lock", "_wake", "_stop", "_sender"):
+            state.pop(key)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _client=None, fresh=False)  # restored: runs may exist already
+        self._init_threading()
 
     @property
     def client(self) -> MlflowClient:
@@ -102,9 +126,49 @@ class Outbox:
     # ---- queueing ---------------------------------------------------------------------------
 
     def put(self, op: dict[str, Any]) -> None:
-        """Queue one operation ({"op": kind, "trial": id, ...}; see _send) and try to send what waits."""
-        self.pending.append(op)
-        self.flush()
+        """Queue one operation ({"op": kind, "trial": id, ...}; see _send) and send what waits: now,
+        or (background) wake the sender thread. Either way the file holds it before this returns."""
+        started = time.perf_counter()
+        with self._lock:
+            self.pending.append(op)
+        if self.background:
+            self.save()
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._send_forever, name="ratsweep-mlflow-outbox", daemon=True)
+                Outbox._background.append(self)
+                self._sender.start()
+            self._wake.set()
+        else:
+            self.flush()
+        with Outbox._clock:
+            Outbox.waited_s += time.perf_counter() - started
+
+    def _send_forever(self) -> None:
+        while True:
+            self.flush()
+            if self._stop.is_set():
+                return
+            # pending after a flush: the store is away until retry_at
+            self._wake.wait(timeout=max(self.retry_at - time.monotonic(), 0.05) if self.pending else None)
+            self._wake.clear()
+
+    @classmethod
+    def stop_senders(cls, timeout_s: float = 60) -> None:
+        """End every sender thread after one more try at what waits (now, whatever its backoff); what
+        is unsent stays pending, and in the file, for a flush by the caller."""
+        started = time.perf_counter()
+        while cls._background:
+            outbox = cls._background.pop()
+            outbox.retry_at = 0.0
+            outbox._stop.set()
+            outbox._wake.set()
+            outbox._sender.join(timeout_s)  # longer than one write's timeout
+            if not outbox._sender.is_alive():
+                outbox._sender = None
+                outbox._stop.clear()
+            outbox.save()
+        with cls._clock:
+            cls.waited_s += time.perf_counter() - started
 
     def spool(self, trial: str, source: Path) -> str:
         """A copy of a trial's artifact folder that lives until it is sent (the checkpoint it came from may not)."""
@@ -120,27 +184,40 @@ class Outbox:
         """Send pending operations in order until one cannot be sent now; keep trying for up to
         `wait_s` seconds (backing off). True when nothing is pending."""
         deadline = time.monotonic() + wait_s
-        while self.pending:
+        while True:
+            with self._lock:
+                if not self.pending:
+                    break
+                op = self.pending[0]
             now = time.monotonic()
             if now < self.retry_at:
                 if now >= deadline:
                     break
                 # waiting: try again at least every WAITING_RETRY_S, and once more at the deadline
                 time.sleep(min(self.retry_at, deadline, now + WAITING_RETRY_S) - now)
-            op = self.pending[0]
+            started = time.perf_counter()
             try:
                 with one_try():
                     self._send(op)
             except Exception as e:  # noqa: BLE001  (MLflow raises many types; `transient` sorts them)
+                with self._lock:
+                    op["tried"] = True  # its run may exist now: look for it next time
                 if transient(e):
                     if self.down_since is None:
                         self.down_since = time.monotonic()
                         print(f"ratsweep: MLflow store {redacted(self.uri)} cannot take writes ({reason(e)}); holding them and retrying", flush=True)
                     self.retry_at, self.backoff = time.monotonic() + self.backoff, min(2 * self.backoff, MAX_BACKOFF_S)
                     continue
-                self.refused.append({**op, "error": reason(e)})
+                with self._lock:
+                    self.refused.append({**op, "error": reason(e)})
                 print(f"ratsweep: MLflow refused a {op['op']} write for trial {op.get('trial')}: {reason(e)}", flush=True)
-            self.pending.pop(0)
+            finally:
+                with Outbox._clock:
+                    Outbox.spent_s += time.perf_counter() - started
+            with Outbox._clock:
+                Outbox.writes += 1
+            with self._lock:
+                self.pending.pop(0)
             self._release(op)
             if self.down_since is not None:
                 print(f"ratsweep: MLflow store {redacted(self.uri)} is back after {time.monotonic() - self.down_since:.0f} s; "
@@ -159,7 +236,9 @@ class Outbox:
         ({"tags", "params"}): the params go with the creation, so a run never lacks them."""
         if trial in self.runs:
             return self.runs[trial]
-        found = self.client.search_runs(
+        # a new sweep's first try at a trial's run: nothing to find (saves a search per trial)
+        may_exist = not self.fresh or create is None or create.get("tried")
+        found = may_exist and self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{TAG_TRIAL}` = '{trial}' and tags.`{TAG_PARENT}` = '{self.parent_run_id}'",
             max_results=1)
         if found:
@@ -181,19 +260,20 @@ class Outbox:
                     self.client.set_terminated(run.info.run_id, "FAILED" if op["status"] == "FAILED" else "KILLED")
             self.client.set_terminated(self.parent_run_id, op["status"])
             return
-        run_id = self.run_id(op["trial"], op.get("create"))
+        run_id = self.run_id(op["trial"], op.get("create") and {**op["create"], "tried": op.get("tried")})
         if kind == "start":  # a run finished before a resume stays as it was
             if self.client.get_run(run_id).info.status != "FINISHED":
                 self.client.update_run(run_id, status="RUNNING")
         elif kind == "log":
             params = op.get("params", {})
-            if params:  # a retried trial reports them again: log only the new ones
+            # a retried or resumed trial reports them again (as may an earlier try of this write): log only the new ones
+            if params and (not self.fresh or op.get("retried") or op.get("tried")):
                 logged = self.client.get_run(run_id).data.params
                 params = {k: v for k, v in params.items() if k not in logged}
             self.client.log_batch(run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in op.get("metrics", ())],
                                   params=[Param(k, v) for k, v in params.items()], tags=[RunTag(k, v) for k, v in op.get("tags", {}).items()])
         elif kind == "end":
-            if op.get("unless_finished") and self.client.get_run(run_id).info.status == "FINISHED":
+            if op.get("unless_finished") and not self.fresh and self.client.get_run(run_id).info.status == "FINISHED":
                 return  # completed before a resume: keep it as it was
             for key, value in op.get("tags", {}).items():
                 self.client.set_tag(run_id, key, value)
@@ -215,19 +295,21 @@ class Outbox:
         """The file holds what is pending or refused (none: no file), written atomically."""
         if self.path is None:
             return
-        if not self.pending and not self.refused:
-            self.path.unlink(missing_ok=True)
-            return
-        state = {"uri": self.uri, "experiment_id": self.experiment_id, "parent_run_id": self.parent_run_id,
-                 "runs": self.runs, "pending": self.pending, "refused": self.refused}
-        temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(state))
-        os.replace(temporary, self.path)
+        with self._lock:  # one writer at a time, and the queue as it is (the sender thread pops from it)
+            if not self.pending and not self.refused:
+                self.path.unlink(missing_ok=True)
+                return
+            state = {"uri": self.uri, "experiment_id": self.experiment_id, "parent_run_id": self.parent_run_id,
+                     "runs": self.runs, "pending": self.pending, "refused": self.refused}
+            temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(state))
+            os.replace(temporary, self.path)
 
     @classmethod
     def load(cls, path: Path) -> Outbox:
         state = json.loads(Path(path).read_text())
         outbox = cls(state["uri"], state["experiment_id"], state["parent_run_id"], Path(path).parent)
+        outbox.fresh = False  # its runs may exist already
         outbox.pending, outbox.runs = state["pending"], state["runs"]
         outbox.refused = []  # replayed: a refusal may have been the server's mistake
         outbox.pending += [{k: v for k, v in op.items() if k != "error"} for op in state["refused"]]

@@ -49,6 +49,10 @@ class SweepOutcome:
     rows: list[dict]  # one per trial: status, config, metric
     interrupted: int | None = None  # the signal that stopped it (SIGINT, SIGTERM), if one did
     unsent: str = ""  # MLflow writes the store did not take by the end (Outbox.unsent), kept for `ratsweep sync`
+    wall_s: float = 0.0  # from the start of this invocation's sweep to its summary
+    mlflow_s: float = 0.0  # the driver's MLflow writes (trial runs, metrics, artifacts, statuses), mostly in a sender thread
+    mlflow_waited_s: float = 0.0  # the time the sweep itself waited for them
+    mlflow_writes: int = 0
 
     def counts(self) -> dict[str, int]:
         """Trials by outcome: finished, failed, diverged, interrupted, and (random/grid search, whose
@@ -272,6 +276,7 @@ def repoint_lost_checkpoints(experiment: Path) -> list[str]:
 
 
 def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
+    started, spent, waited, writes = time.monotonic(), Outbox.spent_s, Outbox.waited_s, Outbox.writes
     uri = tracking.tracking_uri(options.tracking_uri)
     storage = Path(options.storage).expanduser().resolve()
     trainable = make_trainable(space, options.smoke, options.data_dir, options.flush_denormal)
@@ -310,12 +315,14 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
     try:
         results = tuner.fit()
     except BaseException as e:  # no run may stay RUNNING; --resume reopens them
+        Outbox.stop_senders()
         finishing(path, uri, experiment_id, parent).put({"op": "finish_sweep", "status": "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"})
         raise
     finally:
         Signals.disarm()
         tune_log.removeFilter(hint)
     interrupted = Signals.received
+    Outbox.stop_senders()  # the callback's writes still on their way are in its file now
     outbox = finishing(path, uri, experiment_id, parent)  # as the callback (a restored copy, after --resume) last saved it
     # stopped: trials whose runs did not end (RUNNING), or ended by an earlier interrupt and not
     # restarted (KILLED); read only once every held write is sent, else Tune's own statuses stand
@@ -327,8 +334,11 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
     except Exception:  # noqa: BLE001  (the store went away again)
         pass
     outbox.put({"op": "finish_sweep", "status": "KILLED" if interrupted else "FINISHED"})
+    final = time.monotonic()
     outbox.flush(wait_s=float(os.environ.get("RATSWEEP_MLFLOW_FINAL_WAIT_S", FINAL_WAIT_S)))
-    return SweepOutcome(space, str(path), uri, _rows(space, results, stopped), interrupted, outbox.unsent())
+    waited = Outbox.waited_s - waited + time.monotonic() - final  # the driver waits for the last writes too
+    return SweepOutcome(space, str(path), uri, _rows(space, results, stopped), interrupted, outbox.unsent(),
+                        time.monotonic() - started, Outbox.spent_s - spent, waited, Outbox.writes - writes)
 
 
 def finishing(path: Path, uri: str, experiment_id: str, parent: str) -> Outbox:
@@ -422,6 +432,10 @@ def print_summary(outcome: SweepOutcome) -> None:
     if outcome.unsent:
         print(f"MLflow: {outcome.unsent} not written to {uri}; kept in "
               f"{Path(outcome.path) / OUTBOX_FILE}; send them with: ratsweep sync {shlex.quote(outcome.path)}")
+    print(f"MLflow cost:  {outcome.mlflow_writes} writes took {outcome.mlflow_s:.1f} s "
+          f"({1000 * outcome.mlflow_s / max(len(outcome.rows), 1):.0f} ms per trial, in the background); the sweep "
+          f"waited {outcome.mlflow_waited_s:.1f} s for them, {100 * outcome.mlflow_waited_s / max(outcome.wall_s, 1e-9):.1f} % "
+          f"of its {outcome.wall_s:.0f} s")
     print(f"Tune results: {outcome.path}")
     print(f"Best configs: {shlex.join(['ratsweep', 'best', space.name, '--tracking-uri', uri])}")
     print(f"MLflow UI:    {tracking.open_ui_command(uri)}")

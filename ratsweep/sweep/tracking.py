@@ -211,7 +211,7 @@ class MlflowTracking(Callback):
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, space: Space, folder: str | Path | None = None):
         self.space = space
-        self.outbox = Outbox(uri, experiment_id, parent_run_id, folder)
+        self.outbox = Outbox(uri, experiment_id, parent_run_id, folder, background=True)
         self._failures: dict[str, str] = {}
         self._configs: dict[str, dict] = {}  # the applicable config each run was started with
         self._last_step: dict[str, int] = {}  # the last report step logged per trial
@@ -252,7 +252,8 @@ class MlflowTracking(Callback):
         if extra.get("failure"):
             self._failures[trial.trial_id] = extra["failure"]
             tags["ratsweep.failure"] = extra["failure"][:5000]
-        self.outbox.put({"op": "log", "trial": trial.trial_id, "metrics": metrics, "params": params, "tags": tags})
+        self.outbox.put({"op": "log", "trial": trial.trial_id, "metrics": metrics, "params": params, "tags": tags,
+                         "retried": trial.run_metadata.num_failures > 0})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         status = "FAILED" if trial.trial_id in self._failures else "FINISHED"
