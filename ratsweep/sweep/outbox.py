@@ -1,9 +1,10 @@
 """The sweep's MLflow writes, sent in order and held while the tracking store cannot take them.
 
 Every write the driver makes for a trial (its run with params and tags, each report's metrics, its
-artifacts, its end status) is an operation in the outbox. `flush` sends them in order; when the
-store is unreachable or answers 5xx, the rest wait, and the next flush (at the next trial event)
-tries again after a backoff that doubles up to a minute. A write the store refuses for good (4xx)
+artifacts, its end status) is an operation in the outbox. `flush` sends them in order, during a
+sweep from a sender thread, so that Tune's event loop only queues them; when the store is
+unreachable or answers 5xx, the rest wait, and the sender tries again after a backoff that doubles
+up to a minute. A write the store refuses for good (4xx)
 is set aside with its reason. Whatever is pending or refused is kept in a JSON file beside Tune's
 state (`mlflow_outbox.json`) after every flush, so nothing is lost with the driver either, and
 `ratsweep sync` (or `run --resume`) sends it later. Operations name trials, not runs: a trial's run
@@ -248,7 +249,8 @@ class Outbox:
             self.client.log_batch(run_id, params=[Param(k, v) for k, v in create["params"].items()])
         else:
             raise LookupError(f"no run for trial {trial} under {self.parent_run_id}")  # refused: sent out of order
-        self.runs[trial] = run_id
+        with self._lock:  # save() may be writing the map out from the other thread
+            self.runs[trial] = run_id
         return run_id
 
     def _send(self, op: dict[str, Any]) -> None:
@@ -275,8 +277,8 @@ class Outbox:
         elif kind == "end":
             if op.get("unless_finished") and not self.fresh and self.client.get_run(run_id).info.status == "FINISHED":
                 return  # completed before a resume: keep it as it was
-            for key, value in op.get("tags", {}).items():
-                self.client.set_tag(run_id, key, value)
+            if op.get("tags"):
+                self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["tags"].items()])
             if "text" in op:
                 self.client.log_text(run_id, op["text"], op["text_file"])
             if op.get("artifacts"):
