@@ -32,7 +32,7 @@ from machine import device_name, versions  # benchmarks/ is the script folder: o
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent.parent / "tests"))
-from services import MlflowServer, Postgres, RayCluster  # noqa: E402  (the tests' real services)
+from services import RayCluster, team  # noqa: E402  (the tests' real services)
 
 SPACE = """\
 name: {name}
@@ -78,20 +78,10 @@ def main() -> None:
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="rs-load-"))
-    postgres = Postgres().start()
-    server = cluster = None
     rows = {}
-    try:
-        server = MlflowServer(folder / "mlflow", postgres=postgres.uri, workers=2).start()
-        cluster = RayCluster().start()
+    with team(folder) as (cluster, server):
         rows["PostgreSQL (ratsweep server)"] = run(cluster, folder / "pg", "load_pg", server.uri, args.trials)
         rows["SQLite file (default)"] = run(cluster, folder / "sqlite", "load_sqlite", f"sqlite:///{folder / 'mlruns.db'}", args.trials)
-    finally:
-        if cluster is not None:
-            cluster.stop()
-        if server is not None:
-            server.stop()
-        postgres.stop()
 
     lines = [
         "# Sweep load: tiny trials on a local two-node Ray cluster",

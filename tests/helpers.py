@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,3 +34,13 @@ def trial_runs(client: MlflowClient, name: str):
 
 def artifacts(client: MlflowClient, run) -> set[str]:
     return {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def reported_steps(sweep: Path, metric: str) -> dict[str, list[int]]:
+    """Tune's own record of each trial's reports in a sweep's folder: the training iterations whose
+    result.json rows carry `metric`, sorted, a step repeated if the trial reported it twice."""
+    steps = {}
+    for result in sweep.glob("*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        steps[rows[0]["trial_id"]] = sorted(row["training_iteration"] for row in rows if metric in row)
+    return steps

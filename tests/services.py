@@ -4,6 +4,7 @@ on the machine): PostgreSQL, an MLflow tracking server, a Ray cluster of a head 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 BIN = Path(sys.executable).parent  # this environment's `ray`, `python`
@@ -242,3 +244,17 @@ class RayCluster:
             end(node, timeout=60)
         for temp in self.temp_dirs:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def team(folder: Path, extra_env: dict[str, str] | None = None) -> Iterator[tuple[RayCluster, MlflowServer]]:
+    """A team's setup: PostgreSQL, `ratsweep server` on it (artifacts under `folder`), a Ray head and
+    a worker; ended in reverse order whatever happens."""
+    with contextlib.ExitStack() as stack:
+        postgres = Postgres().start()
+        stack.callback(postgres.stop)
+        server = MlflowServer(folder / "mlflow", postgres=postgres.uri, workers=2).start()
+        stack.callback(server.stop)
+        cluster = RayCluster(extra_env=extra_env)
+        stack.callback(cluster.stop)
+        yield cluster.start(), server

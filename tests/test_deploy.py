@@ -21,16 +21,14 @@ CLUSTER = yaml.safe_load((REPO / "deploy" / "ray-cluster.yaml").read_text())
 COMPOSE = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
 
 
-def readme_cluster_commands() -> list[str]:
-    """The README cluster section's shell lines (continuations joined, comments dropped)."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("### On a cluster\n", 1)[1].split("\n### ", 1)[0]
-    block = section.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
-    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.split("#", 1)[0].strip()]
-
-
 def readme_section() -> str:
     return (REPO / "README.md").read_text().split("### On a cluster\n", 1)[1].split("\n### ", 1)[0]
+
+
+def readme_cluster_commands() -> list[str]:
+    """The README cluster section's shell lines (continuations joined, comments dropped)."""
+    block = readme_section().split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.split("#", 1)[0].strip()]
 
 
 def flags(command: str | list[str]) -> dict[str, str]:

@@ -4,7 +4,6 @@ a trial reported ends up on the server, counted against Tune's own record of the
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import ratsweep
+from helpers import ratsweep, reported_steps
 from services import MlflowServer
 
 SPACE = """\
@@ -68,10 +67,7 @@ def finish(driver: subprocess.Popen) -> str:
 def assert_every_report_on_the_server(tmp_path: Path, uri: str) -> None:
     """Each trial's metric history on the server has exactly the steps Tune recorded for it."""
     [sweep] = (tmp_path / "ratsweep_results").glob("flaky-*")
-    reported = {}
-    for result in sweep.glob("*/result.json"):
-        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        reported[lines[0]["trial_id"]] = sorted(line["training_iteration"] for line in lines if "max_abs_err" in line)
+    reported = reported_steps(sweep, "max_abs_err")
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("flaky")
     runs = client.search_runs([experiment.experiment_id], "tags.`ratsweep.kind` = 'trial'")

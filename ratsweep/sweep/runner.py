@@ -276,7 +276,8 @@ def repoint_lost_checkpoints(experiment: Path) -> list[str]:
 
 
 def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
-    started, spent, waited, writes = time.monotonic(), Outbox.spent_s, Outbox.waited_s, Outbox.writes
+    # this sweep's share of the process-wide MLflow clocks (a file may hold several sweeps)
+    started, spent_before, waited_before, writes_before = time.monotonic(), Outbox.spent_s, Outbox.waited_s, Outbox.writes
     uri = tracking.tracking_uri(options.tracking_uri)
     storage = Path(options.storage).expanduser().resolve()
     trainable = make_trainable(space, options.smoke, options.data_dir, options.flush_denormal)
@@ -336,9 +337,9 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
     outbox.put({"op": "finish_sweep", "status": "KILLED" if interrupted else "FINISHED"})
     final = time.monotonic()
     outbox.flush(wait_s=float(os.environ.get("RATSWEEP_MLFLOW_FINAL_WAIT_S", FINAL_WAIT_S)))
-    waited = Outbox.waited_s - waited + time.monotonic() - final  # the driver waits for the last writes too
+    waited = Outbox.waited_s - waited_before + time.monotonic() - final  # the driver waits for the last writes too
     return SweepOutcome(space, str(path), uri, _rows(space, results, stopped), interrupted, outbox.unsent(),
-                        time.monotonic() - started, Outbox.spent_s - spent, waited, Outbox.writes - writes)
+                        time.monotonic() - started, Outbox.spent_s - spent_before, waited, Outbox.writes - writes_before)
 
 
 def finishing(path: Path, uri: str, experiment_id: str, parent: str) -> Outbox:
