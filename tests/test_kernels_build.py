@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ratsweep.rational import cpu
+from ratsweep.rational import cpu, cuda
 from ratsweep.rational._native import cache_dir, compile_defines, find_kernels, kernels_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +35,24 @@ def test_cuda_kernels_compile_to_ptx(source, degrees, version, tmp_path):
     entries = re.findall(r"\.visible \.entry (\w+)", out.read_text())
     assert sum("rational_forward" in e for e in entries) == 5
     assert sum("rational_backward" in e for e in entries) == 5
+
+
+@needs_nvcc
+def test_forward_threads_have_two_16_byte_loads_in_flight(tmp_path):
+    """With the launcher's setting, each forward thread issues its two vector loads before computing
+    on either: a memory-bound kernel needs bytes in flight, and one load at a time leaves bandwidth unused."""
+    out = tmp_path / "k.ptx"
+    cmd = [nvcc, "-std=c++17", "-ptx", "-arch=sm_80", "-DRS_INSTANTIATE", f"-DRS_LOADS={cuda.FORWARD_LOADS}",
+           str(ROOT / "kernels" / "rational.cu"), "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    forwards = re.findall(r"\.entry (_Z16rational_forward\w+)\((.*?)\n}\n", out.read_text(), re.S)
+    wide = [(name, body) for name, body in forwards if "Li1E" not in name]
+    assert len(wide) == 4
+    for name, body in wide:
+        main_loop = body[body.index("ld.global.nc.v"):]
+        before_compute = re.split(r"\b(?:div|st\.global)", main_loop)[0]
+        assert len(re.findall(r"ld\.global\.nc\.v\d", before_compute)) == cuda.FORWARD_LOADS == 2, name
 
 
 @needs_nvcc

@@ -118,11 +118,11 @@ def test_shapes_and_layouts(backend, shape, dtype, monkeypatch):
     else:
         xs = torch.randn(shape, device=device).to(dtype).requires_grad_()
     dy = torch.randn(xs.shape, device=device).to(dtype)
-    seen, vectors = [], []
+    seen, alignments = [], []
     call = functional._call
     monkeypatch.setattr(functional, "_call", lambda method, *args: seen.append((method, args[3] if method == "backward" else args[2])) or call(method, *args))
-    geometry = cuda._geometry
-    monkeypatch.setattr(cuda, "_geometry", lambda tensors: vectors.append(geometry(tensors)[0]) or geometry(tensors))
+    plan = cuda._plan
+    monkeypatch.setattr(cuda, "_plan", lambda kind, degrees, version, x, aligned, count: alignments.append(aligned) or plan(kind, degrees, version, x, aligned, count))
     if device == "cuda":  # poison what the caching allocator hands out next, so unwritten outputs show up
         torch.empty(xs.numel() * 4, device="cuda").fill_(float("nan"))
     y = rational(xs, a.to(device), b.to(device), "A", backend)
@@ -133,7 +133,7 @@ def test_shapes_and_layouts(backend, shape, dtype, monkeypatch):
         assert [method for method, _ in seen] == ["forward", "backward"]
         assert all(x.data_ptr() % 16 != 0 and x.data_ptr() == xs.data_ptr() for _, x in seen)
         if backend == "cuda":
-            assert vectors == [1, 1]  # one element per load: the scalar path
+            assert alignments == [False, False]  # one element per load: the scalar kernels
     want_y, want_dx, _, _ = exact(xs.detach(), dy, a, b, "A")
     tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
     assert rel_err(y, want_y) < tol and rel_err(grad, want_dx) < 2 * tol
@@ -150,22 +150,52 @@ def test_empty_tensor():
 
 
 @pytest.mark.gpu
-def test_deterministic_mode_is_bitwise_reproducible():
+def test_backward_is_bitwise_reproducible():
+    """The last block sums the per-block partials in a fixed order: no atomics on the gradients, in
+    deterministic mode or not."""
     require_cupy()
     a, b = random_coefficients((5, 4), "A", torch.Generator().manual_seed(3), dtype=torch.float32)
     a, b = a.cuda(), b.cuda()
     x, dy = torch.randn(1 << 22, device="cuda"), torch.randn(1 << 22, device="cuda")
-    atomic = cuda.backward(dy, x, a, b, "A")
+    runs = [cuda.backward(dy, x, a, b, "A") for _ in range(3)]
     torch.use_deterministic_algorithms(True)
     try:
-        runs = [cuda.backward(dy, x, a, b, "A") for _ in range(3)]
+        runs.append(cuda.backward(dy, x, a, b, "A"))
     finally:
         torch.use_deterministic_algorithms(False)
     for run in runs[1:]:
         for u, v in zip(run, runs[0]):
             assert torch.equal(u, v)
-    for u, v in zip(runs[0], atomic):
-        assert rel_err(u, v) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [256 * 256, 1 << 24])
+def test_one_kernel_per_call_in_one_wave(n):
+    """Forward and backward are one kernel each (no fills or sums around them, as the emulated
+    version of this test also checks of the host side), on a grid of at most one wave of the blocks
+    the occupancy calculator says fit on an SM."""
+    require_cupy()
+    from torch.profiler import ProfilerActivity, profile
+
+    a, b = random_coefficients((8, 8), "C", torch.Generator().manual_seed(3), dtype=torch.float32)
+    a, b = a.cuda().requires_grad_(), b.cuda().requires_grad_()
+    x = torch.randn(n, device="cuda").requires_grad_()
+    dy = torch.randn(n, device="cuda")
+    rational(x, a, b, "C", "cuda").backward(dy)  # compile and plan
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        y = cuda.forward(x.detach(), a.detach(), b.detach(), "C")
+        cuda.backward(dy, x.detach(), a.detach(), b.detach(), "C")
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert len(kernels) == 2 and "rational_forward" in kernels[0] and "rational_backward" in kernels[1], kernels
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for (kind, degrees, version, dtype, device, numel, aligned, _), plan in cuda._plans.items():
+        kernel = cuda._kernels[(degrees, version, dtype, device)][(kind, cuda._STORAGE[dtype][1] if aligned else 1)]
+        wave = sms * kernel.blocks_per_sm
+        assert 1 <= kernel.blocks_per_sm <= 2048 // cuda.BLOCK
+        assert plan.grid[0] == wave if numel == 1 << 24 else plan.grid[0] <= wave
+    assert torch.isfinite(y).all()
 
 
 @pytest.mark.gpu

@@ -1,33 +1,55 @@
 """The `cuda` backend: kernels/rational.cu compiled by CuPy (NVRTC) on first use.
 
-One RawModule per (degrees, version, storage dtype, device): its kernels are cached in memory here,
-the compiled code on disk by CuPy. Tensors go in as raw pointers (works for bf16 too, without CuPy's
-experimental bf16 dtype) and kernels run on torch's current stream, so they order with torch's own
-work without synchronizing.
+One RawModule per (degrees, version, storage dtype, device): its kernels and their occupancy are
+cached in memory here, the compiled code on disk by CuPy. Tensors go in as raw pointers (works for
+bf16 too, without CuPy's experimental bf16 dtype) and kernels run on torch's current stream, so they
+order with torch's own work without synchronizing.
+
+A call is host-bound for small tensors (an RL MLP's 256 x 256 activations take a few microseconds on
+the GPU), so everything but the pointers is looked up once per (kernel, size, alignment, stream) in a
+`Plan`: forward is one launch and backward is one launch (the kernel reduces the coefficient
+gradients itself), with no fills, sums or stream context managers around them.
 """
 
 from __future__ import annotations
 
 import threading
 from functools import cache
+from typing import NamedTuple
 
 import torch
 
 from ._native import KernelError, compile_defines, degrees_of, dense, kernel_source, like
 
-BLOCK = 256
-# Enough resident blocks to cover every SM a few times; the kernels loop over the rest, so each block
-# reduces many elements before its single atomic per coefficient.
-BLOCKS_PER_SM = 4
+BLOCK = 256  # threads per block; the kernels' shared arrays are sized for it (-DRS_BLOCK)
+FORWARD_LOADS = 2  # 16-byte loads each forward thread has in flight (-DRS_LOADS)
 _STORAGE = {
     torch.float32: ("float", 4),
     torch.float64: ("double", 2),
     torch.float16: ("rs::half_t", 8),
     torch.bfloat16: ("rs::bf16_t", 8),
 }
+_WORKSPACE_HEADER = 16  # bytes before the partial sums: the backward kernels' completion counter
+
+
+class Kernel(NamedTuple):
+    function: object  # cupy.cuda.Function
+    blocks_per_sm: int  # resident blocks of BLOCK threads per SM, from CUDA's occupancy calculator
+
+
+class Plan(NamedTuple):
+    function: object
+    grid: tuple[int]
+    stream: object  # cupy ExternalStream wrapping torch's stream
+    device: int
+    workspace_bytes: int  # backward: counter + [grid, coefficients] partial sums
+
+
 _lock = threading.Lock()
-_kernels: dict[tuple, object] = {}
+_kernels: dict[tuple, dict[tuple[str, int], Kernel]] = {}
+_plans: dict[tuple, Plan] = {}
 _streams: dict[tuple[int, int], object] = {}
+_workspaces: dict[tuple[int, int], torch.Tensor] = {}
 
 
 @cache
@@ -46,6 +68,31 @@ def available() -> bool:
     return True
 
 
+# What the launch path asks of the device, kept apart so tests can run this module's logic on the
+# kernels compiled for the CPU emulator (tests/emulated_cupy.py).
+def _raw_stream(device: int) -> int:
+    return torch._C._cuda_getCurrentRawStream(device)
+
+
+@cache
+def _sm_count(device: int) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _current_device() -> int:
+    return _cupy().cuda.runtime.getDevice()
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def grid_size(items: int, items_per_block: int, sm_count: int, blocks_per_sm: int) -> int:
+    """Blocks for a launch: enough for every item in one pass, at most one wave of resident blocks
+    (a partial second wave would leave most SMs idle while it runs); the kernels stride over the rest."""
+    return max(1, min(_ceil_div(items, items_per_block), sm_count * max(blocks_per_sm, 1)))
+
+
 def _names(storage: str, vec: int) -> dict[tuple[str, int], str]:
     return {
         (kind, width): f"rational_{kind}<{storage}, {width}>"
@@ -54,105 +101,122 @@ def _names(storage: str, vec: int) -> dict[tuple[str, int], str]:
     }
 
 
-def _kernel(kind: str, degrees, version: str, dtype: torch.dtype, vec: int, device: torch.device):
-    key = (degrees, version, dtype, device.index)
-    kernels = _kernels.get(key)
-    if kernels is None:
-        with _lock:
-            kernels = _kernels.get(key) or _compile(degrees, version, dtype, device)
-            _kernels[key] = kernels
-    return kernels[(kind, vec)]
-
-
-def _compile(degrees, version: str, dtype: torch.dtype, device: torch.device) -> dict:
+def _compile(degrees, version: str, dtype: torch.dtype, device: int) -> dict[tuple[str, int], Kernel]:
     """Every kernel of one (degrees, version, dtype) from one NVRTC compile, loaded on `device`."""
     cupy = _cupy()
     storage, widest = _STORAGE[dtype]
     names = _names(storage, widest)
-    with cupy.cuda.Device(device.index):
+    with cupy.cuda.Device(device):
         module = cupy.RawModule(
             code=kernel_source("rational.cu"),
-            options=("-std=c++17", *compile_defines(degrees, version)),
+            options=("-std=c++17", f"-DRS_BLOCK={BLOCK}", f"-DRS_LOADS={FORWARD_LOADS}", *compile_defines(degrees, version)),
             name_expressions=list(names.values()),
         )
-        return {name: module.get_function(expression) for name, expression in names.items()}
+        kernels = {}
+        for name, expression in names.items():
+            function = module.get_function(expression)
+            blocks = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(function.ptr, BLOCK, 0)
+            kernels[name] = Kernel(function, blocks)
+        return kernels
 
 
-def _stream(device: torch.device):
-    torch_stream = torch.cuda.current_stream(device)
-    key = (device.index, torch_stream.cuda_stream)
-    stream = _streams.get(key)
+def _stream(device: int, raw: int):
+    stream = _streams.get((device, raw))
     if stream is None:
-        cupy = _cupy()
-        from_external = getattr(cupy.cuda.Stream, "from_external", None)
-        if from_external is not None and hasattr(torch_stream, "__cuda_stream__"):
-            stream = from_external(torch_stream)
-        else:
-            stream = cupy.cuda.ExternalStream(torch_stream.cuda_stream, device.index)
-        _streams[key] = stream
+        stream = _streams[(device, raw)] = _cupy().cuda.ExternalStream(raw, device)
     return stream
 
 
-@cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+def _plan(kind: str, degrees, version: str, x: torch.Tensor, aligned: bool, coefficients: int) -> Plan:
+    device = x.device.index
+    raw = _raw_stream(device)
+    key = (kind, degrees, version, x.dtype, device, x.numel(), aligned, raw)
+    plan = _plans.get(key)
+    if plan is None:
+        with _lock:
+            plan = _plans.get(key) or _make_plan(kind, degrees, version, x, aligned, coefficients, raw)
+            _plans[key] = plan
+    return plan
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
+def _make_plan(kind, degrees, version, x, aligned, coefficients, raw) -> Plan:
+    device = x.device.index
+    compiled_key = (degrees, version, x.dtype, device)
+    if compiled_key not in _kernels:
+        _kernels[compiled_key] = _compile(degrees, version, x.dtype, device)
+    vec = _STORAGE[x.dtype][1] if aligned else 1
+    kernel = _kernels[compiled_key][(kind, vec)]
+    per_block = BLOCK * vec * (FORWARD_LOADS if kind == "forward" else 1)
+    grid = grid_size(x.numel(), per_block, _sm_count(device), kernel.blocks_per_sm)
+    partial_bytes = grid * coefficients * (8 if x.dtype == torch.float64 else 4)
+    workspace = _WORKSPACE_HEADER + partial_bytes if kind == "backward" else 0
+    return Plan(kernel.function, (grid,), _stream(device, raw), device, workspace)
 
 
-def _geometry(tensors: list[torch.Tensor]) -> tuple[int, int]:
-    """(elements per vector load, blocks) for a launch over these equally shaped tensors."""
-    x = tensors[0]
-    vec = _STORAGE[x.dtype][1] if all(t.data_ptr() % 16 == 0 for t in tensors) else 1
-    blocks = min(_ceil_div(_ceil_div(x.numel(), vec), BLOCK), _sm_count(x.device.index) * BLOCKS_PER_SM)
-    return vec, max(blocks, 1)
+def _workspace(plan: Plan, device: torch.device) -> tuple[int, int]:
+    """(counter, partials) pointers in this stream's backward workspace, grown when a launch needs
+    more. Launches on one stream run in order, so they can share it; the counter starts at zero and
+    every backward launch leaves it at zero."""
+    key = (plan.device, plan.stream.ptr)
+    buffer = _workspaces.get(key)
+    if buffer is None or buffer.numel() < plan.workspace_bytes:
+        buffer = torch.zeros(max(plan.workspace_bytes, 4096), dtype=torch.uint8, device=device)
+        _workspaces[key] = buffer
+    counter = buffer.data_ptr()
+    return counter, counter + _WORKSPACE_HEADER
 
 
-def _launch(kind: str, tensors: list[torch.Tensor], coefs, version: str, geometry, extra=()) -> None:
-    x = tensors[0]
-    a, b = coefs
-    vec, blocks = geometry
-    try:
-        kernel = _kernel(kind, degrees_of(a, b, version), version, x.dtype, vec, x.device)
-        args = (*(t.data_ptr() for t in tensors), x.numel(), a.data_ptr(), b.data_ptr(), *extra)
-        with _cupy().cuda.Device(x.device.index), _stream(x.device):
-            kernel((blocks,), (BLOCK,), args)
-    except Exception as e:  # CuPy raises compile, driver and runtime errors of several types
-        raise KernelError(f"CUDA rational kernel failed ({type(e).__name__}: {e})") from e
+def _launch(plan: Plan, args: tuple) -> None:
+    if _current_device() == plan.device:
+        plan.function(plan.grid, (BLOCK,), args, stream=plan.stream)
+    else:  # a kernel runs in the context of the device it was loaded on
+        with _cupy().cuda.Device(plan.device):
+            plan.function(plan.grid, (BLOCK,), args, stream=plan.stream)
+
+
+def _aligned(*tensors: torch.Tensor) -> bool:
+    return all(t.data_ptr() % 16 == 0 for t in tensors)
 
 
 def _prepare(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor):
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     a = numerator.detach().to(device=x.device, dtype=dtype).contiguous()
     b = denominator.detach().to(device=x.device, dtype=dtype).contiguous()
-    return dense(x), (a, b)
+    return dense(x), a, b
+
+
+def _failed(e: Exception) -> KernelError:
+    # CuPy raises compile, driver and runtime errors of several types
+    return KernelError(f"CUDA rational kernel failed ({type(e).__name__}: {e})")
 
 
 def forward(x: torch.Tensor, numerator, denominator, version: str) -> torch.Tensor:
-    x, coefs = _prepare(x, numerator, denominator)
+    x, a, b = _prepare(x, numerator, denominator)
     y = torch.empty_like(x)
-    if x.numel():
-        _launch("forward", [x, y], coefs, version, _geometry([x, y]))
+    if not x.numel():
+        return y
+    try:
+        plan = _plan("forward", degrees_of(a, b, version), version, x, _aligned(x, y), a.numel() + b.numel())
+        _launch(plan, (x.data_ptr(), y.data_ptr(), x.numel(), a.data_ptr(), b.data_ptr()))
+    except Exception as e:
+        raise _failed(e) from e
     return y
 
 
 def backward(grad: torch.Tensor, x: torch.Tensor, numerator, denominator, version: str):
-    x, (a, b) = _prepare(x, numerator, denominator)
+    x, a, b = _prepare(x, numerator, denominator)
     g = like(grad.to(x.dtype), x)
     dx = torch.empty_like(x)
-    count = a.numel() + b.numel()
     if not x.numel():
         return dx, torch.zeros_like(numerator), torch.zeros_like(denominator)
-    geometry = _geometry([x, g, dx])
-    # Deterministic: per-block partials that torch sums in a fixed order. Else one atomic per
-    # coefficient per block into a single zeroed row.
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    rows = geometry[1] if deterministic else 1
-    partial = torch.zeros(rows, count, dtype=a.dtype, device=x.device)
-    _launch("backward", [x, g, dx], (a, b), version, geometry, extra=(partial.data_ptr(), int(deterministic)))
-    # two separate sums: outputs of a custom op may not alias each other
-    grad_num = partial[:, : a.numel()].sum(0).to(numerator)
-    grad_den = partial[:, a.numel() :].sum(0).to(denominator)
-    return dx, grad_num, grad_den
+    # two outputs, not views of one: outputs of a custom op may not alias each other
+    grad_num, grad_den = torch.empty_like(a), torch.empty_like(b)
+    try:
+        plan = _plan("backward", degrees_of(a, b, version), version, x, _aligned(x, g, dx), a.numel() + b.numel())
+        counter, partials = _workspace(plan, x.device)
+        args = (x.data_ptr(), g.data_ptr(), dx.data_ptr(), x.numel(), a.data_ptr(), b.data_ptr(),
+                grad_num.data_ptr(), grad_den.data_ptr(), partials, counter)
+        _launch(plan, args)
+    except Exception as e:
+        raise _failed(e) from e
+    return dx, grad_num.to(numerator), grad_den.to(denominator)
