@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ratsweep.rational import cpu, cuda
-from ratsweep.rational._native import cache_dir, compile_defines, find_kernels, kernels_dir
+from ratsweep.rational._native import cache_dir, compile_defines, find_kernels, kernel_source, kernels_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 CU_FILES = sorted((ROOT / "kernels").glob("*.cu"))
@@ -35,6 +35,27 @@ def test_cuda_kernels_compile_to_ptx(source, degrees, version, tmp_path):
     entries = re.findall(r"\.visible \.entry (\w+)", out.read_text())
     assert sum("rational_forward" in e for e in entries) == 5
     assert sum("rational_backward" in e for e in entries) == 5
+
+
+@pytest.mark.parametrize("degrees,version", CONFIGS)
+def test_cuda_kernels_compile_with_nvrtc_as_cupy_does(degrees, version):
+    """The run-time build: NVRTC (as CuPy's RawModule calls it) compiles the source with no CUDA
+    headers, with the backend's own options and name expressions for every dtype (no GPU needed)."""
+    nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="NVRTC's Python bindings come with torch's CUDA wheels")
+    import torch
+
+    names = [name for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16) for name in cuda.name_expressions(dtype).values()]
+    (_, program) = nvrtc.nvrtcCreateProgram(kernel_source("rational.cu").encode(), b"rational.cu", 0, [], [])
+    for name in names:
+        assert nvrtc.nvrtcAddNameExpression(program, name.encode())[0] == nvrtc.nvrtcResult.NVRTC_SUCCESS
+    options = [o.encode() for o in (*cuda.compile_options(degrees, version), "--gpu-architecture=sm_90", "-ftz=true")]
+    (result,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
+    _, size = nvrtc.nvrtcGetProgramLogSize(program)
+    log = b" " * size
+    nvrtc.nvrtcGetProgramLog(program, log)
+    assert result == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode()
+    lowered = [nvrtc.nvrtcGetLoweredName(program, name.encode())[1].decode() for name in names]
+    assert len(set(lowered)) == 16 and all(re.fullmatch(r"_Z1[67]rational_(forward|backward)I\w+", n) for n in lowered)
 
 
 @needs_nvcc

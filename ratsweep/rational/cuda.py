@@ -93,24 +93,27 @@ def grid_size(items: int, items_per_block: int, sm_count: int, blocks_per_sm: in
     return max(1, min(_ceil_div(items, items_per_block), sm_count * max(blocks_per_sm, 1)))
 
 
-def _names(storage: str, vec: int) -> dict[tuple[str, int], str]:
+def compile_options(degrees, version: str) -> tuple[str, ...]:
+    return ("-std=c++17", f"-DRS_BLOCK={BLOCK}", f"-DRS_LOADS={FORWARD_LOADS}", *compile_defines(degrees, version))
+
+
+def name_expressions(dtype: torch.dtype) -> dict[tuple[str, int], str]:
+    """The kernel instances one dtype needs, by (kind, elements per load): 16-byte loads and scalar."""
+    storage, widest = _STORAGE[dtype]
     return {
         (kind, width): f"rational_{kind}<{storage}, {width}>"
         for kind in ("forward", "backward")
-        for width in sorted({vec, 1})
+        for width in sorted({widest, 1})
     }
 
 
 def _compile(degrees, version: str, dtype: torch.dtype, device: int) -> dict[tuple[str, int], Kernel]:
     """Every kernel of one (degrees, version, dtype) from one NVRTC compile, loaded on `device`."""
     cupy = _cupy()
-    storage, widest = _STORAGE[dtype]
-    names = _names(storage, widest)
+    names = name_expressions(dtype)
     with cupy.cuda.Device(device):
         module = cupy.RawModule(
-            code=kernel_source("rational.cu"),
-            options=("-std=c++17", f"-DRS_BLOCK={BLOCK}", f"-DRS_LOADS={FORWARD_LOADS}", *compile_defines(degrees, version)),
-            name_expressions=list(names.values()),
+            code=kernel_source("rational.cu"), options=compile_options(degrees, version), name_expressions=list(names.values())
         )
         kernels = {}
         for name, expression in names.items():
