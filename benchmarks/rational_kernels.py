@@ -73,8 +73,26 @@ def saved_bytes(fn, x: torch.Tensor) -> int:
     return sum(t.numel() * t.element_size() for t in saved)
 
 
+REFERENCE = "rational[torch]"
+
+
+def contenders(device: torch.device, degrees, version: str) -> dict:
+    """GELU, the rational activation on this device's compiled backend, and on the reference path."""
+    compiled = functional.resolve_backend("auto", device)
+    return {
+        "gelu": F.gelu,
+        f"rational[{compiled}]": Rational(degrees, "gelu", version, backend=compiled).to(device),
+        REFERENCE: Rational(degrees, "gelu", version, backend="torch").to(device),
+    }
+
+
+def grad_inputs(fn, x: torch.Tensor) -> list[torch.Tensor]:
+    """What backward differentiates: x and the module's parameters (the coefficients)."""
+    return [x, *getattr(fn, "parameters", lambda: [])()]
+
+
 def measure(name: str, fn, x: torch.Tensor, dy: torch.Tensor, timer: Timer, reps: int | None = None) -> dict:
-    inputs = [x, *[p for p in getattr(fn, "parameters", lambda: [])()]]
+    inputs = grad_inputs(fn, x)
 
     def forward():
         with torch.no_grad():
@@ -106,10 +124,8 @@ def run_case(device: torch.device, dtype: torch.dtype, n: int, degrees, version:
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(n, device=device, generator=g).to(dtype).requires_grad_()
     dy = torch.randn(n, device=device, generator=g).to(dtype)
-    compiled = functional.resolve_backend("auto", device)
-    rows = [measure("gelu", F.gelu, x, dy, timer)]
-    rows.append(measure(f"rational[{compiled}]", Rational(degrees, "gelu", version, backend=compiled).to(device), x, dy, timer))
-    rows.append(measure("rational[torch]", Rational(degrees, "gelu", version, backend="torch").to(device), x, dy, timer, reps=max(3, reps // 10)))
+    rows = [measure(name, fn, x, dy, timer, reps=max(3, reps // 10) if name == REFERENCE else None)
+            for name, fn in contenders(device, degrees, version).items()]
     elem = x.element_size()
     copy_gbs = None
     if device.type == "cuda":
@@ -131,15 +147,9 @@ def per_call(device: torch.device, dtype: torch.dtype, n: int, degrees, version:
     the rate a training loop issues them at when the GPU is not the bottleneck."""
     x = torch.randn(n, device=device).to(dtype).requires_grad_()
     dy = torch.randn(n, device=device).to(dtype)
-    compiled = functional.resolve_backend("auto", device)
-    modules = {
-        "gelu": F.gelu,
-        f"rational[{compiled}]": Rational(degrees, "gelu", version, backend=compiled).to(device),
-        "rational[torch]": Rational(degrees, "gelu", version, backend="torch").to(device),
-    }
     rows = []
-    for name, fn in modules.items():
-        inputs = [x, *[p for p in getattr(fn, "parameters", lambda: [])()]]
+    for name, fn in contenders(device, degrees, version).items():
+        inputs = grad_inputs(fn, x)
         timings = []
         for _ in range(5):
             for _ in range(10):

@@ -102,13 +102,6 @@ template <typename T> T __shfl_xor_sync(unsigned, T value, int mask) {
   return other;
 }
 
-template <typename T> T atomicAdd(T* address, T value) {
-  std::lock_guard<std::mutex> lock(emu::atomics);
-  const T old = *address;
-  *address = old + value;
-  return old;
-}
-
 inline unsigned int atomicInc(unsigned int* address, unsigned int limit) {
   std::lock_guard<std::mutex> lock(emu::atomics);
   const unsigned int old = *address;

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from ratsweep.rational import cuda
+
 HERE = Path(__file__).resolve().parent
 CXX = shutil.which("g++")
 PTX_TO_HOST = {
@@ -20,7 +22,7 @@ PTX_TO_HOST = {
 }
 SHARED_DECLARATION = re.compile(r"__shared__\s+([\w:]+)\s+(\w+)((?:\[[^\]]+\])*)\s*;")
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
-STORAGE_CODES = {"float": 0, "double": 1, "rs::half_t": 2, "rs::bf16_t": 3}
+STORAGE_CODES = {cuda._STORAGE[dtype][0]: code for dtype, code in DTYPE_CODES.items()}  # by the kernels' type names
 
 
 def host_source(source: str) -> str:

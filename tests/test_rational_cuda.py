@@ -191,7 +191,7 @@ def test_one_kernel_per_call_in_one_wave(n):
     assert len(kernels) == 2 and "rational_forward" in kernels[0] and "rational_backward" in kernels[1], kernels
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for (kind, degrees, version, dtype, device, numel, aligned, _), plan in cuda._plans.items():
-        kernel = cuda._kernels[(degrees, version, dtype, device)][(kind, cuda._STORAGE[dtype][1] if aligned else 1)]
+        kernel = cuda._kernels[(degrees, version, dtype, device)][(kind, cuda.elements_per_load(dtype, aligned))]
         wave = sms * kernel.blocks_per_sm
         assert 1 <= kernel.blocks_per_sm <= 2048 // cuda.BLOCK
         assert plan.grid[0] == wave if numel == 1 << 24 else plan.grid[0] <= wave

@@ -93,6 +93,11 @@ def grid_size(items: int, items_per_block: int, sm_count: int, blocks_per_sm: in
     return max(1, min(_ceil_div(items, items_per_block), sm_count * max(blocks_per_sm, 1)))
 
 
+def elements_per_load(dtype: torch.dtype, aligned: bool) -> int:
+    """16 bytes' worth where every tensor of the launch starts on a 16-byte boundary, else one."""
+    return _STORAGE[dtype][1] if aligned else 1
+
+
 def compile_options(degrees, version: str) -> tuple[str, ...]:
     return ("-std=c++17", f"-DRS_BLOCK={BLOCK}", f"-DRS_LOADS={FORWARD_LOADS}", *compile_defines(degrees, version))
 
@@ -147,7 +152,7 @@ def _make_plan(kind, degrees, version, x, aligned, coefficients, raw) -> Plan:
     compiled_key = (degrees, version, x.dtype, device)
     if compiled_key not in _kernels:
         _kernels[compiled_key] = _compile(degrees, version, x.dtype, device)
-    vec = _STORAGE[x.dtype][1] if aligned else 1
+    vec = elements_per_load(x.dtype, aligned)
     kernel = _kernels[compiled_key][(kind, vec)]
     per_block = BLOCK * vec * (FORWARD_LOADS if kind == "forward" else 1)
     grid = grid_size(x.numel(), per_block, _sm_count(device), kernel.blocks_per_sm)
