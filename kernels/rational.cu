@@ -10,6 +10,13 @@
 // gradients are bitwise reproducible for a given launch geometry and need no zero-fill or atomics on
 // them. The launcher sizes the grid to one wave of resident blocks (CUDA's occupancy query per
 // compiled kernel) and the kernels stride over the rest.
+//
+// The kernels are bound by memory bandwidth only if each element costs few instructions (on an H200,
+// about 55 per element for a bf16 backward: benchmarks/kernel_static.py models it from the SASS), so
+// the per-element path is lean: packs go through the near form (rational_math.h) after one test of
+// the pack's largest |x|; a pack holding a far element goes out of line (__noinline__) to a path that
+// picks the form per element; fp32 reciprocals are the hardware approximation plus one Newton step;
+// 16-bit results are packed two at a time.
 #include "rational_math.h"
 
 namespace rs {
@@ -45,7 +52,81 @@ __device__ __forceinline__ void store(bf16_t& out, float v) {
   }
 }
 
+// Two 16-bit results in one 32-bit word, lo at the lower address: one instruction on sm_80 and later
+// (round to nearest even, as store()), two conversions before.
+__device__ __forceinline__ unsigned int store2(half_t, float lo, float hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  unsigned int word;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(word) : "f"(hi), "f"(lo));
+  return word;
+#else
+  half_t a, b;
+  store(a, lo);
+  store(b, hi);
+  return (unsigned int)a.bits | ((unsigned int)b.bits << 16);
+#endif
+}
+__device__ __forceinline__ unsigned int store2(bf16_t, float lo, float hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  unsigned int word;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(word) : "f"(hi), "f"(lo));
+  return word;
+#else
+  bf16_t a, b;
+  store(a, lo);
+  store(b, hi);
+  return (unsigned int)a.bits | ((unsigned int)b.bits << 16);
+#endif
+}
+
+__device__ __forceinline__ float larger(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double larger(double a, double b) { return fmax(a, b); }
+
 template <typename T, int VEC> struct alignas(sizeof(T) * VEC) Pack { T v[VEC]; };
+
+// Element e of a pack, in the compute type. 16-bit pairs are read as one 32-bit word: a bf16 value is
+// its float's upper half (one instruction apart), an fp16 one converts.
+__device__ __forceinline__ float half_of(bf16_t, unsigned int word, int high) {
+  return __uint_as_float(high ? word & 0xffff0000u : word << 16);
+}
+__device__ __forceinline__ float half_of(half_t, unsigned int word, int high) {
+  return to_compute(half_t{(unsigned short)(high ? word >> 16 : word & 0xffffu)});
+}
+
+template <typename T, int VEC, typename C = typename Compute<T>::type>
+__device__ __forceinline__ C at(const Pack<T, VEC>& pack, int e) {
+  if constexpr (sizeof(T) == 2 && VEC % 2 == 0) {
+    return half_of(T{}, reinterpret_cast<const unsigned int*>(&pack)[e / 2], e % 2);
+  } else {
+    return to_compute(pack.v[e]);
+  }
+}
+
+// Results into a pack, element by element in order; 16-bit pairs are converted together.
+template <typename T, int VEC, typename C> struct PackWriter {
+  Pack<T, VEC> pack;
+  C low;
+
+  __device__ __forceinline__ void put(int e, C value) {
+    if constexpr (sizeof(T) == 2 && VEC % 2 == 0) {
+      if (e % 2 == 0) {
+        low = value;
+      } else {
+        reinterpret_cast<unsigned int*>(&pack)[e / 2] = store2(T{}, low, value);
+      }
+    } else {
+      store(pack.v[e], value);
+    }
+  }
+};
+
+template <typename T, int VEC, typename C = typename Compute<T>::type>
+__device__ __forceinline__ C max_abs(const Pack<T, VEC>& pack) {
+  C largest = C(0);
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) largest = larger(largest, absval(at(pack, e)));
+  return largest;
+}
 
 __device__ __forceinline__ float shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
 __device__ __forceinline__ double shfl_xor(double v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
@@ -66,6 +147,14 @@ template <typename C> __device__ __forceinline__ C warp_sum(C v) {
 #define RS_LOADS 2  // forward: independent 16-byte loads each thread issues before computing
 #endif
 constexpr int RS_WARPS = (RS_BLOCK + 31) / 32;
+
+namespace rs {
+// Blocks of RS_BLOCK threads that must fit on an SM at once, so that enough loads are in flight to keep
+// memory busy: 2 (at most 128 registers per thread); 1 for fp64, whose backward needs more registers
+// than that. Stated explicitly because ptxas's own choice varies between instances, down to 64
+// registers with spills.
+template <typename T> struct MinBlocks { static constexpr int value = sizeof(T) == 8 ? 1 : 2; };
+}  // namespace rs
 #define RS_THREAD_ACC(k) acc[k]
 
 namespace rs {
@@ -90,10 +179,90 @@ __device__ __forceinline__ void block_sum(C (&acc)[NUM_GRADS], C (&scratch)[RS_W
   __syncthreads();
 }
 
+// F of a pack: the near form after one test of the pack's largest |x|, or, for a pack holding a far
+// element, out of line (so that the hot loop spends no registers on it) each element in its own form.
+// The out-of-line paths read the coefficients again rather than take the caller's, which would put
+// those in memory.
+template <typename T, int VEC, typename C>
+__device__ __noinline__ Pack<T, VEC> forward_mixed(Pack<T, VEC> in, const C* num, const C* den) {
+  Coefs<C> c;
+  load_coefs(num, den, c);
+  PackWriter<T, VEC, C> y;
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    const C xe = at(in, e);
+    y.put(e, is_far(xe) ? value_far(xe, c) : value(xe, c));
+  }
+  return y.pack;
+}
+
+template <typename T, int VEC, typename C>
+__device__ __forceinline__ Pack<T, VEC> forward_pack(const Pack<T, VEC>& in, const Coefs<C>& c, const C* num, const C* den) {
+  if (!(max_abs(in) <= C(FAR))) return forward_mixed(in, num, den);
+  PackWriter<T, VEC, C> y;
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) y.put(e, value(at(in, e), c));
+  return y.pack;
+}
+
+template <typename T, int VEC, typename C> struct MixedPack {
+  Pack<T, VEC> dx;
+  C grad[NUM_GRADS];
+};
+
+template <typename T, int VEC, typename C>
+__device__ __noinline__ MixedPack<T, VEC, C> backward_mixed(Pack<T, VEC> xin, Pack<T, VEC> dyin, const C* num, const C* den) {
+  Coefs<C> c;
+  load_coefs(num, den, c);
+  PackWriter<T, VEC, C> dx;
+  MixedPack<T, VEC, C> result;
+#pragma unroll
+  for (int k = 0; k < NUM_GRADS; ++k) result.grad[k] = C(0);
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    const C xe = at(xin, e), dye = at(dyin, e);
+    if (is_far(xe)) {
+      const FarPartials<C> g = backward_far(xe, dye, c);
+      dx.put(e, g.dx);
+#pragma unroll
+      for (int k = 0; k < NUM_GRADS; ++k) result.grad[k] += g.grad[k];
+    } else {
+      const Partials<C> g = backward(xe, dye, c);
+      dx.put(e, g.dx);
+#define RS_RESULT_ACC(k) result.grad[k]
+      RS_ADD_GRAD_TERMS(RS_RESULT_ACC, xe, g);
+#undef RS_RESULT_ACC
+    }
+  }
+  result.dx = dx.pack;
+  return result;
+}
+
+// dx of a pack, its coefficient-gradient terms added to acc; as forward_pack.
+template <typename T, int VEC, typename C>
+__device__ __forceinline__ Pack<T, VEC> backward_pack(const Pack<T, VEC>& xin, const Pack<T, VEC>& dyin, const Coefs<C>& c,
+                                                     const C* num, const C* den, C (&acc)[NUM_GRADS]) {
+  if (!(max_abs(xin) <= C(FAR))) {
+    const MixedPack<T, VEC, C> mixed = backward_mixed(xin, dyin, num, den);
+#pragma unroll
+    for (int k = 0; k < NUM_GRADS; ++k) acc[k] += mixed.grad[k];
+    return mixed.dx;
+  }
+  PackWriter<T, VEC, C> dx;
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    const C xe = at(xin, e);
+    const Partials<C> g = backward(xe, at(dyin, e), c);
+    dx.put(e, g.dx);
+    RS_ADD_GRAD_TERMS(RS_THREAD_ACC, xe, g);
+  }
+  return dx.pack;
+}
+
 }  // namespace rs
 
 template <typename T, int VEC>
-__global__ void __launch_bounds__(RS_BLOCK)
+__global__ void __launch_bounds__(RS_BLOCK, rs::MinBlocks<T>::value)
 rational_forward(const T* __restrict__ x, T* __restrict__ y, long long n,
                  const typename rs::Compute<T>::type* __restrict__ num,
                  const typename rs::Compute<T>::type* __restrict__ den) {
@@ -112,27 +281,24 @@ rational_forward(const T* __restrict__ x, T* __restrict__ y, long long n,
 #pragma unroll
     for (int u = 0; u < RS_LOADS; ++u) in[u] = xv[i + u * stride];
 #pragma unroll
-    for (int u = 0; u < RS_LOADS; ++u) {
-      P out;
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) rs::store(out.v[e], rs::value(rs::to_compute(in[u].v[e]), c));
-      yv[i + u * stride] = out;
-    }
+    for (int u = 0; u < RS_LOADS; ++u) yv[i + u * stride] = rs::forward_pack(in[u], c, num, den);
   }
-  for (; i < nvec; i += stride) {  // the packs left over for fewer than RS_LOADS loads
+  for (; i < nvec; i += stride) {  // packs left over for fewer than RS_LOADS loads
     const P in = xv[i];
-    P out;
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) rs::store(out.v[e], rs::value(rs::to_compute(in.v[e]), c));
-    yv[i] = out;
+    yv[i] = rs::forward_pack(in, c, num, den);
   }
-  for (long long i = nvec * VEC + first; i < n; i += stride) rs::store(y[i], rs::value(rs::to_compute(x[i]), c));
+  const rs::Pack<T, 1>* xs = reinterpret_cast<const rs::Pack<T, 1>*>(x);
+  rs::Pack<T, 1>* ys = reinterpret_cast<rs::Pack<T, 1>*>(y);
+  for (long long i = nvec * VEC + first; i < n; i += stride) {
+    const rs::Pack<T, 1> in = xs[i];
+    ys[i] = rs::forward_pack(in, c, num, den);
+  }
 }
 
 // grad_num (a_0..a_m) and grad_den (the trainable b's) receive the coefficient gradients. partials is a
 // [gridDim.x, NUM_GRADS] workspace; done is a counter that is 0 before the launch and 0 again after it.
 template <typename T, int VEC>
-__global__ void __launch_bounds__(RS_BLOCK)
+__global__ void __launch_bounds__(RS_BLOCK, rs::MinBlocks<T>::value)
 rational_backward(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, long long n,
                   const typename rs::Compute<T>::type* __restrict__ num,
                   const typename rs::Compute<T>::type* __restrict__ den,
@@ -156,23 +322,17 @@ rational_backward(const T* __restrict__ x, const T* __restrict__ dy, T* __restri
   const P* dyv = reinterpret_cast<const P*>(dy);
   P* dxv = reinterpret_cast<P*>(dx);
   for (long long i = first; i < nvec; i += stride) {
-    const P xin = xv[i];
+    const P xin = xv[i];  // both loads issued before any arithmetic
     const P dyin = dyv[i];
-    P out;
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-      const C xe = rs::to_compute(xin.v[e]);
-      const rs::Partials<C> g = rs::backward(xe, C(rs::to_compute(dyin.v[e])), c);
-      rs::store(out.v[e], g.dx);
-      RS_ADD_GRAD_TERMS(RS_THREAD_ACC, xe, g);
-    }
-    dxv[i] = out;
+    dxv[i] = rs::backward_pack(xin, dyin, c, num, den, acc);
   }
+  const rs::Pack<T, 1>* xs = reinterpret_cast<const rs::Pack<T, 1>*>(x);
+  const rs::Pack<T, 1>* dys = reinterpret_cast<const rs::Pack<T, 1>*>(dy);
+  rs::Pack<T, 1>* dxs = reinterpret_cast<rs::Pack<T, 1>*>(dx);
   for (long long i = nvec * VEC + first; i < n; i += stride) {
-    const C xe = rs::to_compute(x[i]);
-    const rs::Partials<C> g = rs::backward(xe, C(rs::to_compute(dy[i])), c);
-    rs::store(dx[i], g.dx);
-    RS_ADD_GRAD_TERMS(RS_THREAD_ACC, xe, g);
+    const rs::Pack<T, 1> xin = xs[i];
+    const rs::Pack<T, 1> dyin = dys[i];
+    dxs[i] = rs::backward_pack(xin, dyin, c, num, den, acc);
   }
 
   const int lane = threadIdx.x & 31;
@@ -183,9 +343,16 @@ rational_backward(const T* __restrict__ x, const T* __restrict__ dy, T* __restri
     for (int k = 0; k < rs::NUM_GRADS; ++k) {
       if (lane == (k & 31)) partials[(long long)blockIdx.x * rs::NUM_GRADS + k] = acc[k];
     }
-    __threadfence();  // the row is visible device-wide before the count says it is there
-    __syncwarp();
-    if (lane == 0) last = atomicInc(done, gridDim.x - 1) == gridDim.x - 1;  // the last one resets it to 0
+    __syncwarp();  // every lane's part of the row is written before lane 0 counts it
+    if (lane == 0) {
+      // The CUDA memory model's pattern for publishing through a counter: a fence before the atomic
+      // releases this block's row (the writes the warp sync ordered before it), and a fence after it
+      // acquires the rows of the blocks counted before, for the reads below (__syncthreads passes the
+      // ordering on to the block's other threads).
+      __threadfence();
+      last = atomicInc(done, gridDim.x - 1) == gridDim.x - 1;  // the last one resets it to 0
+      __threadfence();
+    }
   }
   __syncthreads();
   if (!last) return;

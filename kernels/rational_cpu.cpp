@@ -7,7 +7,8 @@
 // its coefficient-gradient terms into per-lane accumulators that stay in registers; every BLOCK
 // elements the lanes are summed into double totals, so sums stay accurate for any tensor size.
 // Threads take fixed, contiguous ranges of blocks and add their totals in thread order, so results
-// are bitwise reproducible for a given thread count.
+// are bitwise reproducible for a given thread count. Elements with |x| > rs::FAR take the far form
+// (rational_math.h) in a scalar pass after the vector loop, in the blocks that have any.
 #include "rational_math.h"
 
 #ifdef _OPENMP
@@ -24,6 +25,7 @@ constexpr int VECTOR_BYTES = 32;
 constexpr int VECTOR_BYTES = 16;
 #endif
 constexpr long long BLOCK = 4096;
+constexpr long long CHUNK = 512;  // elements scanned for far values at a time (2-4 KB of x: stays in L1)
 // Below this many elements a parallel region costs more than it saves.
 constexpr long long PARALLEL_MIN = 1 << 15;
 
@@ -31,22 +33,40 @@ template <typename C>
 void forward(const C* __restrict__ x, C* __restrict__ y, long long n, const C* num, const C* den) {
   rs::Coefs<C> c;
   rs::load_coefs(num, den, c);
-#pragma omp parallel for simd schedule(static) if (n >= PARALLEL_MIN)
-  for (long long i = 0; i < n; ++i) y[i] = rs::value(x[i], c);
+  int far = 0;
+#pragma omp parallel for simd schedule(static) reduction(| : far) if (n >= PARALLEL_MIN)
+  for (long long i = 0; i < n; ++i) {
+    y[i] = rs::value(x[i], c);
+    far |= rs::is_far(x[i]);
+  }
+  if (far) {
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+    for (long long i = 0; i < n; ++i) {
+      if (rs::is_far(x[i])) y[i] = rs::value_far(x[i], c);
+    }
+  }
 }
 
-// Adds the coefficient-gradient terms of elements [start, end) to total and writes their dx.
-template <typename C>
-void backward_block(const C* __restrict__ x, const C* __restrict__ dy, C* __restrict__ dx, long long start,
-                    long long end, const rs::Coefs<C>& c, double (&total)[rs::NUM_GRADS]) {
-  constexpr int LANES = VECTOR_BYTES / int(sizeof(C));
-  C acc[rs::NUM_GRADS][LANES] = {};
+template <typename C> bool any_far(const C* __restrict__ x, long long start, long long end) {
+  C largest = C(0);
+#pragma omp simd reduction(max : largest)
+  for (long long i = start; i < end; ++i) largest = largest > rs::absval(x[i]) ? largest : rs::absval(x[i]);
+  return largest > C(rs::FAR);
+}
+
+// The near form over [start, end): dx, and the coefficient-gradient terms into per-lane accumulators.
+// With Masked, far elements go through it as x = 0, dy = 0 (finite, adding nothing) for the far form
+// to redo; without, the loop does no more than the near form (the selects would cost about half again).
+template <bool Masked, typename C, int LANES>
+void near_lanes(const C* __restrict__ x, const C* __restrict__ dy, C* __restrict__ dx, long long start, long long end,
+                const rs::Coefs<C>& c, C (&acc)[rs::NUM_GRADS][LANES]) {
   long long i = start;
   for (; i + LANES <= end; i += LANES) {
 #pragma omp simd
     for (int lane = 0; lane < LANES; ++lane) {
-      const C xi = x[i + lane];
-      const rs::Partials<C> g = rs::backward(xi, dy[i + lane], c);
+      const bool f = Masked && rs::is_far(x[i + lane]);
+      const C xi = f ? C(0) : x[i + lane];
+      const rs::Partials<C> g = rs::backward(xi, f ? C(0) : dy[i + lane], c);
       dx[i + lane] = g.dx;
 #define RS_LANE_ACC(k) acc[k][lane]
       RS_ADD_GRAD_TERMS(RS_LANE_ACC, xi, g);
@@ -54,11 +74,37 @@ void backward_block(const C* __restrict__ x, const C* __restrict__ dy, C* __rest
     }
   }
   for (; i < end; ++i) {
-    const rs::Partials<C> g = rs::backward(x[i], dy[i], c);
+    const bool f = Masked && rs::is_far(x[i]);
+    const C xi = f ? C(0) : x[i];
+    const rs::Partials<C> g = rs::backward(xi, f ? C(0) : dy[i], c);
     dx[i] = g.dx;
 #define RS_FIRST_LANE_ACC(k) acc[k][0]
-    RS_ADD_GRAD_TERMS(RS_FIRST_LANE_ACC, x[i], g);
+    RS_ADD_GRAD_TERMS(RS_FIRST_LANE_ACC, xi, g);
 #undef RS_FIRST_LANE_ACC
+  }
+}
+
+// Adds the coefficient-gradient terms of elements [start, end) to total and writes their dx. Chunks of
+// it are first scanned for far elements, small enough to stay in L1 for the pass that follows (a scan
+// of the whole block would read x from memory twice).
+template <typename C>
+void backward_block(const C* __restrict__ x, const C* __restrict__ dy, C* __restrict__ dx, long long start,
+                    long long end, const rs::Coefs<C>& c, double (&total)[rs::NUM_GRADS]) {
+  constexpr int LANES = VECTOR_BYTES / int(sizeof(C));
+  C acc[rs::NUM_GRADS][LANES] = {};
+  for (long long first = start; first < end; first += CHUNK) {
+    const long long last = end - first < CHUNK ? end : first + CHUNK;
+    if (!any_far(x, first, last)) {
+      near_lanes<false>(x, dy, dx, first, last, c, acc);
+      continue;
+    }
+    near_lanes<true>(x, dy, dx, first, last, c, acc);
+    for (long long i = first; i < last; ++i) {
+      if (!rs::is_far(x[i])) continue;
+      const rs::FarPartials<C> g = rs::backward_far(x[i], dy[i], c);
+      dx[i] = g.dx;
+      for (int k = 0; k < rs::NUM_GRADS; ++k) total[k] += double(g.grad[k]);
+    }
   }
   for (int k = 0; k < rs::NUM_GRADS; ++k) {
     C sum = C(0);

@@ -21,8 +21,23 @@
 //   dF/dx   = (P' - F Q') r,          Q' = s D'(t) dt/dx
 //   dF/da_j = x^j r
 //   dF/dd_k = -F r s t^k              (chained to b_k by sign(b_k) for A, by 1 otherwise)
-// Computing F first and dividing by Q once keeps every intermediate near the size of the result, so
-// fp32 arithmetic stays finite for |x|^max(m, n) < 3e38 (all fp16 inputs up to degree 8).
+// The signs of |.|'s derivatives are copysign(1, .), as in the rational_activations kernels the paper's
+// authors ran: +1 at +0 (and -1 at -0), not torch's sign(0) = 0. So a coefficient or polynomial that is
+// exactly 0 still gets a gradient (version B's identity init has D = 0 everywhere: with sign(0) = 0 its
+// denominator could never leave 0).
+//
+// Two evaluations of the same function, by |x|:
+//   near (|x| <= FAR): Horner in x, as above; with |x| <= 2^8 every power stays below 2^64.
+//   far  (|x| >  FAR, and +-inf): the function written in u = 1/x, so nothing overflows where F is
+//        finite (Horner in x overflows fp32 at |x|^m > 3e38 and returns inf/inf) and the limits at
+//        +-inf come out right. With m', n' the degrees left after dropping zero leading coefficients
+//        (kept trainable, they may be 0: then the lower ones decide how F grows),
+//          P(x) = x^m' p(u),  p(u) = a_m' + a_(m'-1) u + ... + a_0 u^m',
+//          D(t) = t^n' d(v),  d(v) = d_n' + d_(n'-1) v + ... + d_0 v^n',  v = 1/t,
+//          F = sign(x)^n' x^(m'-n') p(u) / Qv,  Qv = q0 |v|^n' + |d(v)|  (= Q / |x|^n'),
+//        and every derivative is written the same way (backward_far).
+// The kernels compute the near form for every element, with far elements replaced by 0 (which keeps it
+// finite and adds nothing to the sums), then redo the far ones, which real activations never are.
 #pragma once
 
 #ifndef RS_NUM_DEGREE
@@ -37,9 +52,11 @@
 
 #if defined(__CUDACC__)
 #define RS_FN __device__ __forceinline__
+#define RS_RARE_FN __device__ __noinline__  // the far form: out of line, so it costs the hot loop no registers
 #define RS_UNROLL _Pragma("unroll")
 #else
 #define RS_FN static inline __attribute__((always_inline))
+#define RS_RARE_FN static __attribute__((noinline))
 #define RS_UNROLL _Pragma("GCC unroll 16")
 #endif
 
@@ -51,6 +68,7 @@ constexpr int VERSION = RS_VERSION;
 static_assert(M >= 1 && N >= 1, "degrees must be >= 1");
 static_assert(VERSION >= 0 && VERSION <= 2, "RS_VERSION must be 0 (A), 1 (B) or 2 (C)");
 
+constexpr int MAX_DEGREE = M > N ? M : N;
 constexpr int NUM_COEFS = M + 1;                      // a_0..a_m
 constexpr int DEN_COEFS = VERSION == 2 ? N + 1 : N;   // trainable b's
 constexpr int DEN_FIRST = VERSION == 2 ? 0 : 1;       // power of t that multiplies b[0]
@@ -64,12 +82,49 @@ RS_FN float absval(float v) { return __builtin_fabsf(v); }
 RS_FN double absval(double v) { return __builtin_fabs(v); }
 #endif
 
-// sign with sign(0) = 0, as torch's abs backward uses
-template <typename C> RS_FN C sign(C v) { return (v > C(0) ? C(1) : C(0)) - (v < C(0) ? C(1) : C(0)); }
+#if defined(__CUDACC__)
+RS_FN float unit_sign(float v) { return copysignf(1.0f, v); }
+RS_FN double unit_sign(double v) { return copysign(1.0, v); }
+#else
+RS_FN float unit_sign(float v) { return __builtin_copysignf(1.0f, v); }
+RS_FN double unit_sign(double v) { return __builtin_copysign(1.0, v); }
+#endif
+
+// v * unit_sign(s): on the GPU one logic instruction on the sign bits (a multiply by +-1 costs a
+// constant and a multiply); on the CPU the multiply, which vectorizes.
+template <typename C> RS_FN C flip_sign(C v, C s) { return v * unit_sign(s); }
+#if defined(__CUDA_ARCH__)
+template <> RS_FN float flip_sign(float v, float s) {
+  return __uint_as_float(__float_as_uint(v) ^ (__float_as_uint(s) & 0x80000000u));
+}
+#endif
+
+// 1/q, and p/q. Exact (IEEE) on the CPU and in fp64. On the GPU in fp32, the hardware approximation
+// (relative error < 2^-22) refined by one Newton step: within an ulp or two, three instructions instead
+// of IEEE division's range check and out-of-line slow path. q here is finite and >= 0.1 (the near form's
+// Q, the far form's Qv for sane coefficients); the refinement would turn q = 0 or inf into NaN.
+RS_FN double reciprocal(double q) { return 1.0 / q; }
+RS_FN double ratio(double p, double q) { return p / q; }
+#if defined(__CUDA_ARCH__)
+RS_FN float reciprocal(float q) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(q));
+  return fmaf(fmaf(-q, r, 1.0f), r, r);
+}
+RS_FN float ratio(float p, float q) { return p * reciprocal(q); }
+#else
+RS_FN float reciprocal(float q) { return 1.0f / q; }
+RS_FN float ratio(float p, float q) { return p / q; }
+#endif
+
+constexpr float FAR = 256.0f;  // |x| above this: the far form
+
+template <typename C> RS_FN bool is_far(C x) { return absval(x) > C(FAR); }
 
 template <typename C> struct Coefs {
   C a[M + 1];  // numerator
   C d[N + 1];  // denominator polynomial D(t)
+  int m, n;    // degrees without zero leading coefficients (the far form's m', n')
 };
 
 template <typename C> RS_FN void load_coefs(const C* num, const C* den, Coefs<C>& c) {
@@ -78,11 +133,17 @@ template <typename C> RS_FN void load_coefs(const C* num, const C* den, Coefs<C>
   if (DEN_FIRST == 1) c.d[0] = VERSION == 0 ? C(1) : C(0);
   RS_UNROLL
   for (int k = 0; k < DEN_COEFS; ++k) c.d[k + DEN_FIRST] = VERSION == 0 ? absval(den[k]) : den[k];
+  c.m = 0;
+  c.n = 0;
+  RS_UNROLL
+  for (int j = 1; j <= M; ++j) c.m = c.a[j] != C(0) ? j : c.m;
+  RS_UNROLL
+  for (int k = 1; k <= N; ++k) c.n = c.d[k] != C(0) ? k : c.n;
 }
 
 // dD/db_k expressed per unit of dD/dd_{k + DEN_FIRST}
 template <typename C> RS_FN C den_grad_scale(const C* den, int k) {
-  return VERSION == 0 ? sign(den[k]) : C(1);
+  return VERSION == 0 ? unit_sign(den[k]) : C(1);
 }
 
 template <typename C> RS_FN C q0() { return VERSION == 0 ? C(0) : VERSION == 1 ? C(1) : C(0.1); }
@@ -96,13 +157,13 @@ template <typename C> RS_FN C value(C x, const Coefs<C>& c) {
   RS_UNROLL
   for (int k = N - 1; k >= 0; --k) s = s * t + c.d[k];
   const C q = VERSION == 0 ? s : q0<C>() + absval(s);
-  return p / q;
+  return ratio(p, q);
 }
 
 // What one element contributes to the backward pass: dx, and the factors whose power series give the
 // coefficient gradients: grad a_j += w x^j, grad d_k += v t^k.
 template <typename C> struct Partials {
-  C dx, w, v, t;
+  C dx, w, v;
 };
 
 template <typename C> RS_FN Partials<C> backward(C x, C dy, const Coefs<C>& c) {
@@ -119,38 +180,112 @@ template <typename C> RS_FN Partials<C> backward(C x, C dy, const Coefs<C>& c) {
     ds = ds * t + s;
     s = s * t + c.d[k];
   }
-  const C sig = VERSION == 0 ? C(1) : sign(s);
+  // sign(D) is 1 for A, where dQ/dx takes x's sign instead (t = |x|)
   const C q = VERSION == 0 ? s : q0<C>() + absval(s);
-  const C r = C(1) / q;
+  const C r = reciprocal(q);
   const C f = p * r;
-  const C dq = sig * ds * (VERSION == 0 ? sign(x) : C(1));
+  const C dq = flip_sign(ds, VERSION == 0 ? x : s);
   Partials<C> g;
   g.w = dy * r;
   g.dx = g.w * (dp - f * dq);
-  g.v = -(g.w * f) * sig;
-  g.t = t;
+  g.v = VERSION == 0 ? -(g.w * f) : flip_sign(-(g.w * f), s);
+  return g;
+}
+
+// x^e for an integer e of either sign, from x and u = 1/x: finite wherever the result is.
+template <typename C> RS_FN C ipow(C x, C u, int e) {
+  const C base = e < 0 ? u : x;
+  C result = C(1);
+  for (int k = e < 0 ? -e : e; k > 0; --k) result *= base;
+  return result;
+}
+
+// The far form's pieces at x (see the top of this file).
+template <typename C> struct Far {
+  C u, v;   // 1/x and 1/t
+  C p, dp;  // p(u), p'(u)
+  C d, dd;  // d(v), d'(v)
+  C r;      // 1 / Qv
+};
+
+template <typename C> RS_FN Far<C> far_terms(C x, const Coefs<C>& c) {
+  Far<C> f;
+  f.u = reciprocal(x);
+  f.v = VERSION == 0 ? absval(f.u) : f.u;
+  f.p = c.a[0];
+  f.dp = C(0);
+  RS_UNROLL
+  for (int j = 1; j <= M; ++j) {
+    if (j <= c.m) {
+      f.dp = f.dp * f.u + f.p;
+      f.p = f.p * f.u + c.a[j];
+    }
+  }
+  f.d = c.d[0];
+  f.dd = C(0);
+  RS_UNROLL
+  for (int k = 1; k <= N; ++k) {
+    if (k <= c.n) {
+      f.dd = f.dd * f.v + f.d;
+      f.d = f.d * f.v + c.d[k];
+    }
+  }
+  f.r = reciprocal(q0<C>() * ipow(absval(f.v), C(0), c.n) + absval(f.d));
+  return f;
+}
+
+template <typename C> RS_RARE_FN C value_far(C x, const Coefs<C>& c) {
+  const Far<C> f = far_terms(x, c);
+  const C sign_n = (c.n & 1) ? unit_sign(x) : C(1);
+  return sign_n * ipow(x, f.u, c.m - c.n) * f.p * f.r;
+}
+
+template <typename C> struct FarPartials {
+  C dx;
+  C grad[NUM_GRADS];  // dF/da_j, then dF/dd_k for the trainable b's (layout of RS_ADD_GRAD_TERMS)
+};
+
+// The far form's derivatives, times dy:
+//   dF/dx   = sign(x)^n' x^(m'-n'-1) [(m' p - u p') - s p (n' d - v d') / Qv] / Qv,   s = sign(d)
+//   dF/da_j = sign(x)^n' x^(j-n') / Qv
+//   dF/dd_k = -s p / Qv^2 * S t^(m'+k-2n'),   S = sign(x)^m' (A, t = |x|) or sign(x)^n' (B, C, t = x)
+template <typename C> RS_RARE_FN FarPartials<C> backward_far(C x, C dy, const Coefs<C>& c) {
+  const Far<C> f = far_terms(x, c);
+  const C sx = unit_sign(x);
+  const C sign_n = (c.n & 1) ? sx : C(1);
+  const C s = VERSION == 0 ? C(1) : unit_sign(f.d);
+  FarPartials<C> g;
+  const C slope = (C(c.m) * f.p - f.u * f.dp) - s * f.p * (C(c.n) * f.d - f.v * f.dd) * f.r;
+  g.dx = dy * sign_n * ipow(x, f.u, c.m - c.n - 1) * f.r * slope;
+  const C w = dy * sign_n * f.r;
+  RS_UNROLL
+  for (int j = 0; j < NUM_COEFS; ++j) g.grad[j] = w * ipow(x, f.u, j - c.n);
+  const C t = VERSION == 0 ? absval(x) : x;
+  const C sign_s = VERSION == 0 ? ((c.m & 1) ? sx : C(1)) : sign_n;
+  const C v = -dy * s * f.p * sign_s * f.r * f.r;
+  RS_UNROLL
+  for (int k = 0; k < DEN_COEFS; ++k) g.grad[NUM_COEFS + k] = v * ipow(t, f.v, c.m + k + DEN_FIRST - 2 * c.n);
   return g;
 }
 
 }  // namespace rs
 
 // Adds one element's term of every coefficient gradient to ACC(k), in the layout (a_0..a_m, then the
-// trainable b's): w x^j for the numerator, v t^k for the denominator. X is the element, G its
-// rs::Partials. A macro rather than a function: only written out inline does GCC keep per-lane
-// accumulators in vector registers inside an `omp simd` loop (through a helper it spills them to
-// memory and runs ~10x slower); nvcc compiles both forms the same.
-#define RS_ADD_GRAD_TERMS(ACC, X, G)                                  \
-  do {                                                                \
-    auto rs_wp = (G).w;                                               \
-    RS_UNROLL                                                         \
-    for (int rs_j = 0; rs_j < rs::NUM_COEFS; ++rs_j) {                \
-      ACC(rs_j) += rs_wp;                                             \
-      rs_wp *= (X);                                                   \
-    }                                                                 \
-    auto rs_vp = rs::DEN_FIRST == 1 ? (G).v * (G).t : (G).v;          \
-    RS_UNROLL                                                         \
-    for (int rs_k = 0; rs_k < rs::DEN_COEFS; ++rs_k) {                \
-      ACC(rs::NUM_COEFS + rs_k) += rs_vp;                             \
-      rs_vp *= (G).t;                                                 \
-    }                                                                 \
+// trainable b's): w x^j for the numerator, v t^k for the denominator, from one table of powers of x
+// (t^k = |x^k| for A, where t = |x|): one multiply per power and one multiply-add per term. X is the
+// element, G its rs::Partials. A macro rather than a function: only written out inline does GCC keep
+// per-lane accumulators in vector registers inside an `omp simd` loop (through a helper it spills them
+// to memory and runs ~10x slower); nvcc compiles both forms the same.
+#define RS_ADD_GRAD_TERMS(ACC, X, G)                                                         \
+  do {                                                                                       \
+    auto rs_power = (X);                                                                     \
+    ACC(0) += (G).w;                                                                         \
+    if (rs::DEN_FIRST == 0) ACC(rs::NUM_COEFS) += (G).v;                                     \
+    RS_UNROLL                                                                                \
+    for (int rs_j = 1; rs_j <= rs::MAX_DEGREE; ++rs_j) {                                     \
+      if (rs_j <= rs::M) ACC(rs_j) += (G).w * rs_power;                                      \
+      if (rs_j <= rs::N)                                                                     \
+        ACC(rs::NUM_COEFS + rs_j - rs::DEN_FIRST) += (G).v * (rs::VERSION == 0 ? rs::absval(rs_power) : rs_power); \
+      rs_power *= (X);                                                                       \
+    }                                                                                        \
   } while (0)

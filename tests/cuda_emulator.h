@@ -5,14 +5,18 @@
 // as they do on a GPU: built with -fsanitize=thread, an unsynchronized access between blocks (a plain
 // `+=` where an atomic belongs) or between a block's threads (a missing barrier) is reported as a data
 // race. __syncthreads is a block barrier; warp shuffles go through a per-warp exchange buffer between
-// two warp barriers (every lane of a warp calls them in lockstep, as the real intrinsics require);
-// atomics take one mutex. `__shared__` variables need per-block storage, which C++ has no storage class
-// for: the test rewrites each declaration into a call to emu::block_shared (see SHARED_DECLARATION in
-// test_cuda_kernels_emulated.py). Not emulated: inline PTX (the test substitutes its two fp16
-// conversions), timing, memory coalescing, the weak ordering of GPU memory (fences are full fences).
+// two warp barriers (every lane of a warp calls them in lockstep, as the real intrinsics require).
+// Atomics and fences follow the CUDA memory model's publication pattern, in the C++ terms
+// ThreadSanitizer understands: an atomic is relaxed by itself; a __threadfence() before it (since the
+// thread's previous atomic) makes it a release, and a __threadfence() after it acquires what it read.
+// So a kernel missing the fence on either side of its completion count has a data race here, as it
+// may on a GPU. `__shared__` variables need per-block storage, which C++ has no storage class for: the
+// test rewrites each declaration into a call to emu::block_shared (see SHARED_DECLARATION in
+// emulator.py). Not emulated: inline PTX (emulator.py substitutes it, or the source keeps it behind
+// __CUDA_ARCH__, which is not defined here), timing, memory coalescing.
 #pragma once
 #include <atomic>
-#include <barrier>
+#include <condition_variable>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -26,6 +30,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 
 struct dim3 {
@@ -36,13 +41,39 @@ inline dim3 blockDim, gridDim;
 
 namespace emu {
 
+// A barrier on its own mutex: std::barrier waits through a pool of mutexes shared by every barrier in
+// the process, which would give ThreadSanitizer happens-before edges between unrelated blocks and hide
+// exactly the cross-block races the tests look for.
+class Barrier {
+ public:
+  explicit Barrier(int count) : count_(count) {}
+  void arrive_and_wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const unsigned generation = generation_;
+    if (++arrived_ == count_) {
+      arrived_ = 0;
+      ++generation_;
+      all_arrived_.notify_all();
+    } else {
+      all_arrived_.wait(lock, [&] { return generation != generation_; });
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable all_arrived_;
+  const int count_;
+  int arrived_ = 0;
+  unsigned generation_ = 0;
+};
+
 struct Warp {
-  std::barrier<> sync{32};
+  Barrier sync{32};
   double values[32];
 };
 
 struct Block {
-  std::barrier<> sync;
+  Barrier sync;
   std::vector<Warp> warps;
   std::mutex shared_lock;
   std::map<const void*, std::unique_ptr<unsigned char[]>> shared;
@@ -50,7 +81,8 @@ struct Block {
 };
 
 inline thread_local Block* current = nullptr;
-inline std::mutex atomics;
+inline thread_local bool fenced = false;                   // a __threadfence() since this thread's last atomic
+inline thread_local unsigned int* last_atomic = nullptr;   // that atomic's address, until a fence acquires it
 
 // The calling block's instance of the `__shared__` variable declared at Line, of type T. Filled with
 // 0xff bytes (NaN for floats) on first use, like the garbage real shared memory starts with.
@@ -90,7 +122,13 @@ void launch(void (*kernel)(Params...), int grid, int threads, Args... args) {
 
 inline void __syncthreads() { emu::current->sync.arrive_and_wait(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::current->warps[threadIdx.x / 32].sync.arrive_and_wait(); }
-inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __threadfence() {
+  if (emu::last_atomic != nullptr) {  // "atomic; fence": acquire what the atomic read
+    std::atomic_ref<unsigned int>(*emu::last_atomic).load(std::memory_order_acquire);
+    emu::last_atomic = nullptr;
+  }
+  emu::fenced = true;  // "fence; atomic": the next atomic releases
+}
 
 template <typename T> T __shfl_xor_sync(unsigned, T value, int mask) {
   emu::Warp& warp = emu::current->warps[threadIdx.x / 32];
@@ -103,9 +141,13 @@ template <typename T> T __shfl_xor_sync(unsigned, T value, int mask) {
 }
 
 inline unsigned int atomicInc(unsigned int* address, unsigned int limit) {
-  std::lock_guard<std::mutex> lock(emu::atomics);
-  const unsigned int old = *address;
-  *address = old >= limit ? 0u : old + 1u;
+  std::atomic_ref<unsigned int> counter(*address);
+  const auto order = emu::fenced ? std::memory_order_release : std::memory_order_relaxed;
+  unsigned int old = counter.load(std::memory_order_relaxed);
+  while (!counter.compare_exchange_weak(old, old >= limit ? 0u : old + 1u, order, std::memory_order_relaxed)) {
+  }
+  emu::fenced = false;
+  emu::last_atomic = address;
   return old;
 }
 

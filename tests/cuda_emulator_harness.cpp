@@ -1,5 +1,5 @@
 // Launchers for the CUDA kernels run by cuda_emulator.h; RS_KERNEL_SOURCE names the kernel source
-// (rational.cu with its header inlined, rewritten for the host by test_cuda_kernels_emulated.py).
+// (rational.cu with its header inlined, rewritten for the host by emulator.py).
 // Built as a shared library for the tests, or with EMU_MAIN as a program that runs both kernels once
 // over several blocks (under -fsanitize=thread, to look for races).
 #include "cuda_emulator.h"

@@ -1,7 +1,8 @@
-"""An independent float64 formulation of the rational activation, differentiated by autograd.
+"""Independent formulations of the rational activation to test the backends against: float64 through
+autograd, and exact (mpmath) values for inputs where float64's powers would overflow.
 
 Written like the rational_activations package (explicit powers, |b_k x^k| for version A), not like
-ratsweep's Horner form, so agreement with it checks the hand-derived backward passes."""
+ratsweep's Horner and far forms, so agreement with them checks the hand-derived backward passes."""
 
 import torch
 
@@ -64,3 +65,74 @@ def assert_coefficient_grads(got, want, scale, tol, name):
     error = (got.detach().double().cpu() - want).abs()
     bad = error > tol * scale + 1e-300
     assert not bad.any(), f"{name}[{bad.nonzero().flatten().tolist()}]: error {error[bad].tolist()} vs scale {scale[bad].tolist()}"
+
+
+def exact_terms(x, a, b, version, dps=50):
+    """Per element of x, in mpmath at `dps` digits (no overflow at any float), from the textbook
+    formulas: F, dF/dx, the scale of dF/dx (|P'/Q| + |P Q'/Q^2|: dF/dx is their difference, which
+    cancels for large x), and the rows dF/da_j, dF/db_k. At +-inf, F is its limit (F at +-1e1000) and
+    the derivatives are NaN (not compared); NaN gives NaN. Derivatives of |.| use copysign(1, .)."""
+    import mpmath
+
+    nan = float("nan")
+    rows = []
+
+    def unit_sign(v):
+        return 1 if v >= 0 else -1
+
+    with mpmath.workdps(dps):
+        A = [mpmath.mpf(float(v)) for v in a]
+        B = [mpmath.mpf(float(v)) for v in b]
+
+        def parts(X):
+            P = sum(A[j] * X**j for j in range(len(A)))
+            dP = sum(j * A[j] * X ** (j - 1) for j in range(1, len(A)))
+            if version == "A":
+                Q = 1 + sum(abs(B[k]) * abs(X) ** (k + 1) for k in range(len(B)))
+                dQ = sum((k + 1) * abs(B[k]) * abs(X) ** k for k in range(len(B))) * unit_sign(X)
+                dQdb = [unit_sign(B[k]) * abs(X) ** (k + 1) for k in range(len(B))]
+            else:
+                first = 0 if version == "C" else 1
+                D = sum(B[k] * X ** (k + first) for k in range(len(B)))
+                s = unit_sign(D)
+                Q = (mpmath.mpf("0.1") if version == "C" else 1) + abs(D)
+                dQ = s * sum((k + first) * B[k] * X ** (k + first - 1) for k in range(len(B)) if k + first > 0)
+                dQdb = [s * X ** (k + first) for k in range(len(B))]
+            return P, dP, Q, dQ, dQdb
+
+        for value in x.double().tolist():
+            if value != value:
+                rows.append((nan, nan, nan, [nan] * len(A), [nan] * len(B)))
+                continue
+            if abs(value) == float("inf"):
+                P, _, Q, _, _ = parts(mpmath.mpf("1e1000") * (1 if value > 0 else -1))
+                rows.append((float(P / Q), nan, nan, [nan] * len(A), [nan] * len(B)))
+                continue
+            X = mpmath.mpf(value)
+            P, dP, Q, dQ, dQdb = parts(X)
+            rows.append((
+                float(P / Q), float(dP / Q - P * dQ / Q**2), float(abs(dP / Q) + abs(P * dQ / Q**2)),
+                [float(X**j / Q) for j in range(len(A))], [float(-P / Q**2 * d) for d in dQdb],
+            ))
+    return rows
+
+
+LARGE = {  # |x| far beyond where Horner in x overflows fp32 (~6e7 at degree 5), within each dtype's range
+    torch.float32: [300.0, 1e4, 1e8, 3e38],
+    torch.bfloat16: [300.0, 1e4, 1e8, 3e38],
+    torch.float16: [300.0, 1e4, 6e4],
+}
+LARGE_TOL = {torch.float32: 1e-5, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
+
+
+def assert_close_or_overflows(got: float, want: float, scale: float, tol: float, dtype: torch.dtype, what: str) -> None:
+    """got within tol x scale of want (or one step of the dtype's subnormals) where want fits the dtype
+    with room, the same infinity where it does not fit at all; NaN where want is NaN."""
+    limit = torch.finfo(dtype).max
+    if want != want:
+        assert got != got, f"{what}: {got}, expected NaN"
+    elif abs(want) > 2 * limit:
+        assert got == (float("inf") if want > 0 else float("-inf")), f"{what}: {got}, expected {want:.3e} to overflow"
+    elif scale < limit / 2:
+        step = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
+        assert abs(got - want) <= tol * scale + step, f"{what}: {got!r}, expected {want!r} (scale {scale:.3e})"

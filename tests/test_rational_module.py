@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 import warnings
 
 import pytest
@@ -279,8 +280,8 @@ def test_auto_uses_the_cpu_kernels_on_cpu():
 
 
 def test_missing_cupy_warns_once_and_uses_torch(monkeypatch):
-    """A CUDA tensor without CuPy: one clear warning, then the torch path (no silent slow path)."""
-    monkeypatch.setattr(functional, "_disabled", {})
+    """A CUDA tensor without CuPy: the backend is absent, so one clear warning, then the torch path."""
+    monkeypatch.setattr(functional, "_absent", {})
     monkeypatch.setattr(functional.cuda, "available", lambda: False)
     with pytest.warns(RuntimeWarning, match="CuPy is not installed.*pip install"):
         assert R.resolve_backend("auto", torch.device("cuda")) == "torch"
@@ -289,43 +290,66 @@ def test_missing_cupy_warns_once_and_uses_torch(monkeypatch):
         assert R.resolve_backend("auto", torch.device("cuda")) == "torch"
 
 
-def test_failed_kernel_build_falls_back_once_for_auto_only(monkeypatch):
-    monkeypatch.setattr(functional, "_disabled", {})
+def test_no_compiler_is_reported(monkeypatch):
+    monkeypatch.setattr(functional, "_absent", {})
+    monkeypatch.setattr(cpu, "compiler", lambda: None)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        assert R.resolve_backend("auto", torch.device("cpu")) == "torch"
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu"])
+def test_a_broken_kernel_is_an_error_never_a_silent_fallback(monkeypatch, backend):
+    """A backend that is there but fails (here its build) is an error naming the cause and the way out,
+    for auto as for the named backend: a sweep must not run on other kernels than it reports."""
+    monkeypatch.setattr(functional, "_absent", {})
 
     def broken(*args):
-        raise KernelError("g++ could not build the CPU rational kernel")
+        raise KernelError("g++ could not build the CPU rational kernel (or run the unfused reference path with backend='torch')")
 
     monkeypatch.setattr(cpu, "forward", broken)
-    x = torch.randn(100)
-    a, b = torch.randn(6), torch.randn(4)
-    with pytest.warns(RuntimeWarning, match="cpu rational kernels are unavailable"):
-        y = R.rational(x, a, b, "A", "auto")
-    assert torch.allclose(y, reference.forward(x, a, b, "A"))
-    assert R.resolve_backend("auto", torch.device("cpu")) == "torch"
-    with pytest.raises(KernelError):
-        R.rational(x, a, b, "A", "cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(KernelError, match="could not build.*backend='torch'"):
+            R.rational(torch.randn(100), torch.randn(6), torch.randn(4), "A", backend)
+    assert R.resolve_backend("auto", torch.device("cpu")) == "cpu"
 
 
-def test_unusable_cache_dir_falls_back_with_a_warning(monkeypatch, tmp_path):
-    """A filesystem error while building is a KernelError like any other: auto warns and goes on."""
-    monkeypatch.setattr(functional, "_disabled", {})
+def test_an_unusable_cache_dir_is_an_error_naming_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(functional, "_absent", {})
     monkeypatch.setattr(cpu, "_libraries", {})
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
     monkeypatch.setenv("RATSWEEP_CACHE_DIR", str(blocker / "cache"))
-    x, a, b = torch.randn(100), torch.randn(6), torch.randn(4)
-    with pytest.warns(RuntimeWarning, match="cpu rational kernels are unavailable.*not-a-directory"):
-        y = R.rational(x, a, b, "A", "auto")
-    assert torch.allclose(y, reference.forward(x, a, b, "A"))
-    with pytest.raises(KernelError, match="could not build"):
-        R.rational(x, a, b, "A", "cpu")
+    with pytest.raises(KernelError, match="could not build.*not-a-directory.*RATSWEEP_CACHE_DIR"):
+        R.rational(torch.randn(100), torch.randn(6), torch.randn(4), "A", "auto")
 
 
-def test_no_compiler_is_reported(monkeypatch):
-    monkeypatch.setattr(functional, "_disabled", {})
-    monkeypatch.setattr(cpu, "compiler", lambda: None)
-    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
-        assert R.resolve_backend("auto", torch.device("cpu")) == "torch"
+def test_a_compiler_that_cannot_run_is_an_error_naming_it(monkeypatch, tmp_path):
+    """An OSError from the toolchain probe (a compiler that exists but cannot be executed) is a
+    KernelError naming the compiler and CXX, from the user's model call."""
+    fake = tmp_path / "c++"
+    fake.write_bytes(b"\x7fELF not really a compiler")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    monkeypatch.setattr(functional, "_absent", {})
+    monkeypatch.setattr(cpu, "_libraries", {})
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), R.Rational(init="relu"))
+    with pytest.raises(KernelError, match=f"could not run the C\\+\\+ compiler {re.escape(str(fake))}.*set CXX"):
+        model(torch.randn(3, 4))
+
+
+def test_backends_used_says_what_ran():
+    """What a run's kernel_backend tag reports: the backends that actually ran, not the ones auto
+    would pick."""
+    R.functional.reset_backends_used()
+    assert R.functional.backends_used() == ()
+    x, a, b = torch.randn(10, requires_grad=True), torch.randn(6), torch.randn(4)
+    R.rational(x, a, b, "A", "auto").sum().backward()
+    assert R.functional.backends_used() == ("cpu",)
+    R.rational(x, a, b, "A", "torch")
+    assert R.functional.backends_used() == ("cpu", "torch")
+    R.functional.reset_backends_used()
+    assert R.functional.backends_used() == ()
 
 
 def test_bad_dtype_and_version_are_rejected():
@@ -334,21 +358,3 @@ def test_bad_dtype_and_version_are_rejected():
         R.rational(torch.arange(5), a, b)
     with pytest.raises(ValueError, match="version:"):
         R.rational(torch.randn(5), a, b, "Q")
-
-
-def test_a_compiler_that_cannot_run_falls_back_with_a_warning_at_the_users_line(monkeypatch, tmp_path):
-    """An OSError from the toolchain probe (a compiler that exists but cannot be executed) is a
-    KernelError: `auto` warns, naming the line in the user's code that ran the model, and goes on."""
-    fake = tmp_path / "c++"
-    fake.write_bytes(b"\x7fELF not really a compiler")
-    fake.chmod(0o755)
-    monkeypatch.setenv("CXX", str(fake))
-    monkeypatch.setattr(functional, "_disabled", {})
-    monkeypatch.setattr(cpu, "_libraries", {})
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), R.Rational(init="relu"))
-    with pytest.warns(RuntimeWarning, match="could not run the C\\+\\+ compiler") as caught:
-        y = model(torch.randn(3, 4))  # the user's line
-    assert caught[0].filename == __file__ and "model(torch.randn(3, 4))" in open(__file__).read().splitlines()[caught[0].lineno - 1]
-    assert torch.isfinite(y).all()
-    with pytest.raises(KernelError, match="could not run the C\\+\\+ compiler"):
-        R.rational(torch.randn(5), torch.randn(6), torch.randn(4), "A", "cpu")

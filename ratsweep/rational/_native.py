@@ -17,6 +17,10 @@ class KernelError(RuntimeError):
     """A compiled backend could not build or launch its kernel."""
 
 
+# How a user gets going while a compiled backend is broken (part of every KernelError's message).
+TORCH_PATH_HINT = "or run the unfused reference path with backend='torch' (rational.backend: torch in a search space)"
+
+
 def find_kernels(package: Path) -> Path:
     """kernels/ inside an installed wheel's package, else the source checkout's top-level kernels/."""
     for candidate in (package / "kernels", package.parent / "kernels"):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ._native import KernelError, cache_dir, compile_defines, degrees_of, dense, kernel_source, like
+from ._native import TORCH_PATH_HINT, KernelError, cache_dir, compile_defines, degrees_of, dense, kernel_source, like
 
 # Full-width AVX-512 where the CPU has it (GCC otherwise prefers 256-bit vectors on x86).
 _VECTOR_FLAGS = ("-mprefer-vector-width=512",) if platform.machine() in ("x86_64", "AMD64") else ()
@@ -89,13 +89,13 @@ def library(degrees: tuple[int, int], version: str) -> ctypes.CDLL:
 def _load(degrees: tuple[int, int], version: str) -> ctypes.CDLL:
     cxx = compiler()
     if cxx is None:
-        raise KernelError(f"no C++ compiler found (CXX={os.environ.get('CXX', '')!r}; install g++ or set CXX)")
+        raise KernelError(f"no C++ compiler found (CXX={os.environ.get('CXX', '')!r}); install g++ or set CXX, {TORCH_PATH_HINT}")
     source = kernel_source("rational_cpu.cpp")
     defines = compile_defines(degrees, version)
     try:
         toolchain = _toolchain_id(cxx)
     except OSError as e:  # a compiler that cannot be run (not executable, wrong architecture)
-        raise KernelError(f"could not run the C++ compiler {cxx}: {e}") from e
+        raise KernelError(f"could not run the C++ compiler {cxx}: {e}; set CXX to a working one, {TORCH_PATH_HINT}") from e
     digest = hashlib.sha256("\0".join([source, *FLAGS, *defines, toolchain]).encode()).hexdigest()
     m, n = degrees
     path = cache_dir() / f"rational_cpu_{m}_{n}_{version}_{digest[:16]}.so"
@@ -104,7 +104,7 @@ def _load(degrees: tuple[int, int], version: str) -> ctypes.CDLL:
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as e:
-        raise KernelError(f"could not load {path}: {e}") from e
+        raise KernelError(f"could not load {path}: {e}; {TORCH_PATH_HINT}") from e
     for name, argtypes in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, None
@@ -115,7 +115,7 @@ def _build(cxx: str, source: str, defines: tuple[str, ...], path: Path) -> None:
     try:
         _compile(cxx, source, defines, path)
     except OSError as e:  # an unwritable or broken cache directory
-        raise KernelError(f"could not build the CPU rational kernel under {path.parent}: {e}") from e
+        raise KernelError(f"could not build the CPU rational kernel under {path.parent}: {e}; set RATSWEEP_CACHE_DIR to a writable folder, {TORCH_PATH_HINT}") from e
 
 
 def _compile(cxx: str, source: str, defines: tuple[str, ...], path: Path) -> None:
@@ -129,7 +129,7 @@ def _compile(cxx: str, source: str, defines: tuple[str, ...], path: Path) -> Non
             if proc.returncode == 0:
                 os.replace(out, path)  # atomic: concurrent builders never see a partial file
                 return
-        raise KernelError(f"{cxx} could not build the CPU rational kernel:\n{proc.stderr[-4000:]}")
+        raise KernelError(f"{cxx} could not build the CPU rational kernel ({TORCH_PATH_HINT}):\n{proc.stderr[-4000:]}")
 
 
 def _prepare(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor):

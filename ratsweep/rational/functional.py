@@ -7,9 +7,11 @@ implementation, so compiled models call it without a graph break. `backend`:
   torch  plain torch ops (reference.py), any device
   cpu    fused, vectorized C++ kernels (cpu.py)
   cuda   fused CUDA kernels through CuPy (cuda.py)
-  auto   cuda for CUDA tensors, cpu for CPU tensors; where that backend cannot run (no CuPy, no
-         compiler, a failed build or launch) it warns once and uses the torch path. Naming a
-         backend explicitly never falls back: its failure is an error.
+  auto   cuda for CUDA tensors, cpu for CPU tensors; where that backend is absent (no CuPy, no
+         C++ compiler) it warns once and uses the torch path. A backend that is there but fails
+         (a compile or launch error) is an error naming the cause, never a silent fallback: a sweep
+         must not time or train on a different kernel than it reports.
+`backends_used()` says which backends actually ran (ratsweep tags every run with it).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 
 from . import cpu, cuda, reference
-from ._native import VERSION_CODES, KernelError, dense, like
+from ._native import VERSION_CODES, dense, like
 
 BACKENDS = ("auto", "torch", "cpu", "cuda")
 _COMPILED = {"cpu": cpu, "cuda": cuda}
@@ -29,7 +31,7 @@ _INSTALL_HINT = {
     "cuda": "install CuPy for your CUDA version: pip install 'ratsweep[cuda12]' or 'ratsweep[cuda13]'",
     "cpu": "install a C++ compiler (g++) or set CXX",
 }
-_disabled: dict[str, str] = {}
+_absent: dict[str, str] = {}  # backend -> why it is missing here (warned about once)
 
 
 _INTERNAL = (str(Path(__file__).parent.parent), str(Path(torch.__file__).parent))  # ratsweep's and torch's frames
@@ -44,9 +46,9 @@ def _user_stacklevel() -> int:
     return level
 
 
-def _disable(name: str, reason: str) -> None:
-    if name not in _disabled:
-        _disabled[name] = reason
+def _warn_absent(name: str, reason: str) -> None:
+    if name not in _absent:
+        _absent[name] = reason
         warnings.warn(
             f"ratsweep: the {name} rational kernels are unavailable ({reason}); "
             f"falling back to the slower torch path. To fix: {_INSTALL_HINT[name]}.",
@@ -56,7 +58,8 @@ def _disable(name: str, reason: str) -> None:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """The backend that runs for a tensor on `device` (for logging which kernels a run used)."""
+    """The backend that runs for a tensor on `device`: `backend` itself, or for auto the compiled
+    backend of the device type, unless it is absent here (then torch, with a one-time warning)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend != "auto":
@@ -64,24 +67,30 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             raise ValueError(f"backend={backend!r} cannot run on a {device.type} tensor")
         return backend
     name = device.type if device.type in _COMPILED else "torch"
-    if name == "torch" or name in _disabled:
+    if name == "torch" or name in _absent:
         return "torch"
     if not _COMPILED[name].available():
-        _disable(name, "CuPy is not installed" if name == "cuda" else "no C++ compiler found")
+        _warn_absent(name, "CuPy is not installed" if name == "cuda" else "no C++ compiler found")
         return "torch"
     return name
 
 
+_used: set[str] = set()
+
+
+def backends_used() -> tuple[str, ...]:
+    """The backends that ran a forward or backward since the last reset_backends_used()."""
+    return tuple(sorted(_used))
+
+
+def reset_backends_used() -> None:
+    _used.clear()
+
+
 def _call(method: str, backend: str, device: torch.device, *args):
     name = resolve_backend(backend, device)
-    if name != "torch":
-        try:
-            return getattr(_COMPILED[name], method)(*args)
-        except KernelError as e:
-            if backend != "auto":
-                raise
-            _disable(name, str(e).splitlines()[0])
-    return getattr(reference, method)(*args)
+    _used.add(name)
+    return getattr(_COMPILED.get(name, reference), method)(*args)
 
 
 # Every backend sees x (and grad) in the layout dense() gives, so outputs have the layout the fake

@@ -25,7 +25,7 @@ from ray import tune
 import ratsweep
 
 from ..experiments.common import DataError, Diverged
-from ..rational import resolve_backend
+from ..rational import cuda, functional
 from .space import Space
 
 TAGS_ATTRIBUTE = "ratsweep_tags"  # on an exception a trial raised: its environment_tags(), for the driver
@@ -37,23 +37,24 @@ ARTIFACTS = "artifacts"
 
 def environment_tags() -> dict[str, str]:
     """Where and with what this trial runs (tags on its MLflow run)."""
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    tags = {
+    on_gpu = torch.cuda.is_available()
+    return {
         "ratsweep.version": ratsweep.__version__,
         "torch": torch.__version__,
         "cuda": torch.version.cuda or "none",
-        "device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or platform.machine()})",
-        "kernel_backend": resolve_backend("auto", device),
+        "device": torch.cuda.get_device_name() if on_gpu else f"cpu ({platform.processor() or platform.machine()})",
         "ray.node_id": ray.get_runtime_context().get_node_id(),
         "hostname": platform.node(),
     }
-    try:
-        import cupy  # noqa: PLC0415
 
-        tags["cupy"] = cupy.__version__
-    except ImportError:
-        tags["cupy"] = "none"
+
+def kernel_tags() -> dict[str, str]:
+    """Which rational backends actually ran in this trial so far ("none" if no rational did), and
+    CuPy's version where the CUDA kernels ran: a table never mixes kernels unknowingly."""
+    used = functional.backends_used()
+    tags = {"kernel_backend": ",".join(used) or "none"}
+    if "cuda" in used:
+        tags["cupy"] = cuda.version()
     return tags
 
 
@@ -77,6 +78,7 @@ class TuneSession:
         self.last_metrics: dict[str, Any] = {}
         self._last_state: dict | None = None
         self._reported_files: dict[str, tuple[int, int]] = {}
+        self._kernel_tags: dict[str, str] = {}
 
     def log_params(self, **params):
         self._pending.setdefault("params", {}).update(params)
@@ -98,6 +100,10 @@ class TuneSession:
             self._send(dict(self.last_metrics), self._last_state)
 
     def _send(self, result: dict[str, Any], state: dict | None) -> None:
+        kernels = kernel_tags()
+        if kernels != self._kernel_tags:
+            self._pending.setdefault("tags", {}).update(kernels)
+            self._kernel_tags = kernels
         if self._pending:
             result[RESULT_KEY], self._pending = self._pending, {}
         self._last_state = state if state is not None else self._last_state
@@ -155,6 +161,7 @@ def make_trainable(space: Space, smoke: bool, data_dir: str, flush_denormal: boo
         experiment = registry.get_experiment(experiment_name)
         config = space.build_config(trial_config)
         torch.set_flush_denormal(flush_denormal)  # per worker process: CPU arithmetic only
+        functional.reset_backends_used()  # a reused actor ran other trials before
         with tempfile.TemporaryDirectory(prefix="ratsweep-artifacts-") as artifacts:
             state, iteration = restored_state()
             session = TuneSession(smoke, data_dir, state, Path(artifacts), space.metric, iteration)
@@ -168,7 +175,7 @@ def make_trainable(space: Space, smoke: bool, data_dir: str, flush_denormal: boo
             except Exception as e:
                 # a trial failing before its first report still says where it ran (the error travels
                 # pickled to the driver; its type and message stay the experiment's own)
-                setattr(e, TAGS_ATTRIBUTE, environment_tags())
+                setattr(e, TAGS_ATTRIBUTE, environment_tags() | kernel_tags())
                 raise
 
     trainable.__name__ = experiment_name  # trial names read "approx_1a2b3c4d"
