@@ -3,10 +3,11 @@
     python benchmarks/rational_kernels.py                      # every device here, default sizes
     python benchmarks/rational_kernels.py --device cuda --output benchmarks/results/rational_kernels_h100.md
 
-For each device x dtype x size: forward and backward time (median), effective GB/s (forward moves
-x and y, backward x, dy and dx), the ratio to GELU and to the reference path on the same tensor,
-bytes autograd saves for backward, and (CUDA) peak memory of forward+backward and the fraction of
-the device-to-device copy bandwidth measured in the same run. Then the per-call cost of small
+For each device x dtype x size: forward and backward time (median over rounds of back-to-back
+calls; on a GPU between CUDA events, so host latency is not in it), effective GB/s (forward moves
+x and y, backward x, dy and dx) and its fraction of a plain copy's measured in the same run, the
+ratio to GELU and to the reference path on the same tensor, bytes autograd saves for backward, and
+(CUDA) peak memory of forward+backward. Then the per-call cost of small
 tensors (an RL MLP's activations), where the host's launch path, not the kernel, sets the time:
 microseconds per forward+backward over back-to-back calls, against GELU's. Not a test: it asserts
 nothing, it prints the targets next to the numbers.
@@ -40,28 +41,33 @@ SMALL_SIZES = (256 * 16, 256 * 256)  # an RL MLP's activations at batch 16 and 2
 
 
 class Timer:
-    """Median wall time of fn() in ms: CUDA events on a GPU, perf_counter on the CPU."""
+    """Median over rounds of the time per call of `calls` back-to-back calls, in ms. On a GPU, CUDA events
+    around each round's calls, which are queued without a synchronization in between, so the host's
+    launch latency is hidden as it is in training (the per-call table below measures that latency);
+    perf_counter on the CPU."""
 
-    def __init__(self, device: torch.device, reps: int):
-        self.device, self.reps = device, reps
+    def __init__(self, device: torch.device, rounds: int, calls: int):
+        self.device, self.rounds, self.calls = device, rounds, calls
 
-    def __call__(self, fn, reps: int | None = None) -> float:
-        reps = reps or self.reps
+    def __call__(self, fn, rounds: int | None = None) -> float:
+        cuda = self.device.type == "cuda"
         for _ in range(3):
             fn()
         times = []
-        for _ in range(reps):
-            if self.device.type == "cuda":
+        for _ in range(rounds or self.rounds):
+            if cuda:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
-                fn()
+                for _ in range(self.calls):
+                    fn()
                 end.record()
                 end.synchronize()
-                times.append(start.elapsed_time(end))
+                times.append(start.elapsed_time(end) / self.calls)
             else:
                 t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
+                for _ in range(self.calls):
+                    fn()
+                times.append((time.perf_counter() - t0) * 1e3 / self.calls)
         return statistics.median(times)
 
 
@@ -91,7 +97,7 @@ def grad_inputs(fn, x: torch.Tensor) -> list[torch.Tensor]:
     return [x, *getattr(fn, "parameters", lambda: [])()]
 
 
-def measure(name: str, fn, x: torch.Tensor, dy: torch.Tensor, timer: Timer, reps: int | None = None) -> dict:
+def measure(name: str, fn, x: torch.Tensor, dy: torch.Tensor, timer: Timer, rounds: int | None = None) -> dict:
     inputs = grad_inputs(fn, x)
 
     def forward():
@@ -106,7 +112,7 @@ def measure(name: str, fn, x: torch.Tensor, dy: torch.Tensor, timer: Timer, reps
     def both():
         torch.autograd.grad(fn(x), inputs, dy)
 
-    row = {"name": name, "fwd": timer(forward, reps), "bwd": timer(backward, reps), "fwd_bwd": timer(both, reps)}
+    row = {"name": name, "fwd": timer(forward, rounds), "bwd": timer(backward, rounds), "fwd_bwd": timer(both, rounds)}
     row["saved"] = saved_bytes(fn, x)
     if x.is_cuda:
         del y
@@ -119,19 +125,16 @@ def measure(name: str, fn, x: torch.Tensor, dy: torch.Tensor, timer: Timer, reps
     return row
 
 
-def run_case(device: torch.device, dtype: torch.dtype, n: int, degrees, version: str, reps: int) -> list[dict]:
-    timer = Timer(device, reps)
+def run_case(device: torch.device, dtype: torch.dtype, n: int, degrees, version: str, timer: Timer) -> list[dict]:
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(n, device=device, generator=g).to(dtype).requires_grad_()
     dy = torch.randn(n, device=device, generator=g).to(dtype)
-    rows = [measure(name, fn, x, dy, timer, reps=max(3, reps // 10) if name == REFERENCE else None)
+    rows = [measure(name, fn, x, dy, timer, rounds=max(3, timer.rounds // 5) if name == REFERENCE else None)
             for name, fn in contenders(device, degrees, version).items()]
     elem = x.element_size()
-    copy_gbs = None
-    if device.type == "cuda":
-        out = torch.empty_like(x)
-        copy_ms = timer(lambda: out.copy_(x.detach()))
-        copy_gbs = 2 * n * elem / copy_ms / 1e6
+    out = torch.empty_like(x)
+    copy_ms = timer(lambda: out.copy_(x.detach()))  # the bandwidth baseline: read n, write n
+    copy_gbs = 2 * n * elem / copy_ms / 1e6
     gelu, ref = rows[0], rows[2]
     for row in rows:
         row["fwd_gbs"] = 2 * n * elem / row["fwd"] / 1e6
@@ -190,11 +193,11 @@ def fmt_bytes(b: float | None) -> str:
 
 def table(device: torch.device, dtype_name: str, n: int, rows: list[dict]) -> str:
     copy = rows[0]["copy_gbs"]
-    head = f"### {device.type} {dtype_name} n={n:,}" + (f" (device copy {copy:.0f} GB/s)" if copy else "")
+    head = f"### {device.type} {dtype_name} n={n:,} (copy: {copy:.0f} GB/s)"
     cols = "| kernel | fwd ms | bwd ms | fwd+bwd ms | fwd GB/s | bwd GB/s | x GELU (fwd+bwd) | faster than reference | saved for bwd | peak fwd+bwd |"
     lines = [head, "", cols, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        gbs = lambda v: f"{v:.0f}" + (f" ({100 * v / copy:.0f} %)" if copy else "")  # noqa: E731
+        gbs = lambda v: f"{v:.0f} ({100 * v / copy:.0f} %)"  # noqa: E731
         lines.append(
             f"| {r['name']} | {r['fwd']:.3f} | {r['bwd']:.3f} | {r['fwd_bwd']:.3f} | {gbs(r['fwd_gbs'])} | {gbs(r['bwd_gbs'])} "
             f"| {r['vs_gelu']:.2f} | {r['ref_speedup']:.1f}x | {fmt_bytes(r['saved'])} | {fmt_bytes(r.get('peak'))} |"
@@ -235,19 +238,23 @@ def main() -> None:
     parser.add_argument("--size", type=int, action="append", help="elements; default 4M on cpu, 1M, 8M and 64M on cuda")
     parser.add_argument("--degrees", default="5,4")
     parser.add_argument("--version", default="A")
-    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per measurement (the median is reported)")
+    parser.add_argument("--calls", type=int, help="back-to-back calls per round; default 20 on cuda, 3 on cpu")
     parser.add_argument("--output", help="also write the report (markdown) here")
     args = parser.parse_args()
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     degrees = tuple(int(d) for d in args.degrees.split(","))
-    sections = ["# Rational activation kernels", "", environment(), f"- degrees {degrees}, version {args.version}, median of {args.reps} runs", ""]
+    sections = ["# Rational activation kernels", "", environment(), f"- command: python benchmarks/rational_kernels.py {' '.join(sys.argv[1:])}",
+                f"- degrees {degrees}, version {args.version}; each time: median over {args.rounds} rounds of back-to-back calls "
+                "(CUDA events around each round on a GPU)", ""]
     for name in devices:
         device = torch.device(name)
+        timer = Timer(device, args.rounds, args.calls or (20 if name == "cuda" else 3))
         dtypes = args.dtype or (["fp32"] if name == "cpu" else ["fp32", "bf16", "fp16"])
         sizes = args.size or ([4 << 20] if name == "cpu" else [1 << 20, 8 << 20, 64 << 20])
         for dtype_name in dtypes:
             for n in sizes:
-                rows = run_case(device, DTYPES[dtype_name], n, degrees, args.version, args.reps)
+                rows = run_case(device, DTYPES[dtype_name], n, degrees, args.version, timer)
                 sections += [table(device, dtype_name, n, rows), ""]
                 print(sections[-2] + "\n", flush=True)
             small = {n: per_call(device, DTYPES[dtype_name], n, degrees, args.version) for n in SMALL_SIZES}
