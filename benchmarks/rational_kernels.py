@@ -40,11 +40,15 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SMALL_SIZES = (256 * 16, 256 * 256)  # an RL MLP's activations at batch 16 and 256
 
 
+SLEEP_CYCLES_PER_CALL = 100_000  # GPU clock cycles (~50 µs) of head start per queued call
+
+
 class Timer:
-    """Median over rounds of the time per call of `calls` back-to-back calls, in ms. On a GPU, CUDA events
-    around each round's calls, which are queued without a synchronization in between, so the host's
-    launch latency is hidden as it is in training (the per-call table below measures that latency);
-    perf_counter on the CPU."""
+    """Median over rounds of the time per call of `calls` back-to-back calls, in ms. On a GPU, each round
+    starts with the GPU spinning (torch.cuda._sleep) while the host queues the round's calls between two
+    CUDA events, so the events time the kernels alone, not the host's launch latency, even for tensors
+    whose kernels take a few microseconds (the per-call table below measures that latency); perf_counter
+    on the CPU."""
 
     def __init__(self, device: torch.device, rounds: int, calls: int):
         self.device, self.rounds, self.calls = device, rounds, calls
@@ -57,6 +61,7 @@ class Timer:
         for _ in range(rounds or self.rounds):
             if cuda:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                torch.cuda._sleep(SLEEP_CYCLES_PER_CALL * self.calls)
                 start.record()
                 for _ in range(self.calls):
                     fn()

@@ -7,9 +7,10 @@
 // per thread. Backward reads x and dy, writes dx, and reduces every coefficient gradient in one launch:
 // registers -> warp shuffles -> shared memory per block (fp32 or fp64 accumulation), one row of
 // per-block sums in a workspace, and the last block to finish sums the rows in a fixed order, so the
-// gradients are bitwise reproducible for a given launch geometry and need no zero-fill or atomics on
-// them. The launcher sizes the grid to one wave of resident blocks (CUDA's occupancy query per
-// compiled kernel) and the kernels stride over the rest.
+// gradients are bitwise reproducible for a given launch geometry and need no atomics on them, and an
+// eager launch no zero-fill (the completion counter is left at 0 for the next). The launcher sizes the
+// grid to one wave of resident blocks (CUDA's occupancy query per compiled kernel) and the kernels
+// stride over the rest.
 //
 // The kernels are bound by memory bandwidth only if each element costs few instructions (on an H200,
 // about 55 per element for a bf16 backward: benchmarks/kernel_static.py models it from the SASS), so
@@ -53,7 +54,7 @@ __device__ __forceinline__ void store(bf16_t& out, float v) {
 }
 
 // Two 16-bit results in one 32-bit word, lo at the lower address: one instruction on sm_80 and later
-// (round to nearest even, as store()), two conversions before.
+// (round to nearest even, as store(); a NaN may keep another payload), two conversions before.
 __device__ __forceinline__ unsigned int store2(half_t, float lo, float hi) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   unsigned int word;
@@ -93,10 +94,19 @@ __device__ __forceinline__ float half_of(half_t, unsigned int word, int high) {
   return to_compute(half_t{(unsigned short)(high ? word >> 16 : word & 0xffffu)});
 }
 
+// A pack of 16-bit values seen as 32-bit words, through a union (GCC, Clang and NVCC define reading the
+// member not last written; NVRTC has no memcpy without headers).
+template <typename T, int VEC> union Words {
+  Pack<T, VEC> pack;
+  unsigned int word[VEC > 1 ? VEC / 2 : 1];  // (one unused word for the scalar packs)
+};
+
 template <typename T, int VEC, typename C = typename Compute<T>::type>
 __device__ __forceinline__ C at(const Pack<T, VEC>& pack, int e) {
   if constexpr (sizeof(T) == 2 && VEC % 2 == 0) {
-    return half_of(T{}, reinterpret_cast<const unsigned int*>(&pack)[e / 2], e % 2);
+    Words<T, VEC> words;
+    words.pack = pack;
+    return half_of(T{}, words.word[e / 2], e % 2);
   } else {
     return to_compute(pack.v[e]);
   }
@@ -104,7 +114,7 @@ __device__ __forceinline__ C at(const Pack<T, VEC>& pack, int e) {
 
 // Results into a pack, element by element in order; 16-bit pairs are converted together.
 template <typename T, int VEC, typename C> struct PackWriter {
-  Pack<T, VEC> pack;
+  Words<T, VEC> out;
   C low;
 
   __device__ __forceinline__ void put(int e, C value) {
@@ -112,12 +122,14 @@ template <typename T, int VEC, typename C> struct PackWriter {
       if (e % 2 == 0) {
         low = value;
       } else {
-        reinterpret_cast<unsigned int*>(&pack)[e / 2] = store2(T{}, low, value);
+        out.word[e / 2] = store2(T{}, low, value);
       }
     } else {
-      store(pack.v[e], value);
+      store(out.pack.v[e], value);
     }
   }
+
+  __device__ __forceinline__ Pack<T, VEC> pack() const { return out.pack; }
 };
 
 template <typename T, int VEC, typename C = typename Compute<T>::type>
@@ -148,16 +160,15 @@ template <typename C> __device__ __forceinline__ C warp_sum(C v) {
 #endif
 constexpr int RS_WARPS = (RS_BLOCK + 31) / 32;
 
+#define RS_THREAD_ACC(k) acc[k]
+
 namespace rs {
+
 // Blocks of RS_BLOCK threads that must fit on an SM at once, so that enough loads are in flight to keep
 // memory busy: 2 (at most 128 registers per thread); 1 for fp64, whose backward needs more registers
 // than that. Stated explicitly because ptxas's own choice varies between instances, down to 64
 // registers with spills.
 template <typename T> struct MinBlocks { static constexpr int value = sizeof(T) == 8 ? 1 : 2; };
-}  // namespace rs
-#define RS_THREAD_ACC(k) acc[k]
-
-namespace rs {
 
 // Replaces acc[k] by its sum over the block in every lane of warp 0, in a fixed order. `scratch` is
 // the block's shared memory, free again when the function returns (it ends with a barrier).
@@ -193,7 +204,7 @@ __device__ __noinline__ Pack<T, VEC> forward_mixed(Pack<T, VEC> in, const C* num
     const C xe = at(in, e);
     y.put(e, is_far(xe) ? value_far(xe, c) : value(xe, c));
   }
-  return y.pack;
+  return y.pack();
 }
 
 template <typename T, int VEC, typename C>
@@ -202,7 +213,7 @@ __device__ __forceinline__ Pack<T, VEC> forward_pack(const Pack<T, VEC>& in, con
   PackWriter<T, VEC, C> y;
 #pragma unroll
   for (int e = 0; e < VEC; ++e) y.put(e, value(at(in, e), c));
-  return y.pack;
+  return y.pack();
 }
 
 template <typename T, int VEC, typename C> struct MixedPack {
@@ -234,7 +245,7 @@ __device__ __noinline__ MixedPack<T, VEC, C> backward_mixed(Pack<T, VEC> xin, Pa
 #undef RS_RESULT_ACC
     }
   }
-  result.dx = dx.pack;
+  result.dx = dx.pack();
   return result;
 }
 
@@ -256,7 +267,7 @@ __device__ __forceinline__ Pack<T, VEC> backward_pack(const Pack<T, VEC>& xin, c
     dx.put(e, g.dx);
     RS_ADD_GRAD_TERMS(RS_THREAD_ACC, xe, g);
   }
-  return dx.pack;
+  return dx.pack();
 }
 
 }  // namespace rs

@@ -48,10 +48,10 @@ void forward(const C* __restrict__ x, C* __restrict__ y, long long n, const C* n
 }
 
 template <typename C> bool any_far(const C* __restrict__ x, long long start, long long end) {
-  C largest = C(0);
-#pragma omp simd reduction(max : largest)
-  for (long long i = start; i < end; ++i) largest = largest > rs::absval(x[i]) ? largest : rs::absval(x[i]);
-  return largest > C(rs::FAR);
+  int far = 0;  // an OR, not a max of |x|: a max would let a NaN hide the far elements before it
+#pragma omp simd reduction(| : far)
+  for (long long i = start; i < end; ++i) far |= rs::is_far(x[i]);
+  return far;
 }
 
 // The near form over [start, end): dx, and the coefficient-gradient terms into per-lane accumulators.

@@ -36,8 +36,8 @@
 //          D(t) = t^n' d(v),  d(v) = d_n' + d_(n'-1) v + ... + d_0 v^n',  v = 1/t,
 //          F = sign(x)^n' x^(m'-n') p(u) / Qv,  Qv = q0 |v|^n' + |d(v)|  (= Q / |x|^n'),
 //        and every derivative is written the same way (backward_far).
-// The kernels compute the near form for every element, with far elements replaced by 0 (which keeps it
-// finite and adds nothing to the sums), then redo the far ones, which real activations never are.
+// Real activations are never far: the kernels test for far elements in bulk (per 16-byte pack on the GPU,
+// per chunk on the CPU) and take the near form alone where there are none.
 #pragma once
 
 #ifndef RS_NUM_DEGREE
@@ -192,12 +192,12 @@ template <typename C> RS_FN Partials<C> backward(C x, C dy, const Coefs<C>& c) {
   return g;
 }
 
-// x^e for an integer e of either sign, from x and u = 1/x: finite wherever the result is.
-template <typename C> RS_FN C ipow(C x, C u, int e) {
+// value * x^e for an integer e of either sign, from x and u = 1/x (|x| > 1 here), one factor at a time:
+// every intermediate lies between value and the result, so it is finite wherever the result is.
+template <typename C> RS_FN C times_power(C value, C x, C u, int e) {
   const C base = e < 0 ? u : x;
-  C result = C(1);
-  for (int k = e < 0 ? -e : e; k > 0; --k) result *= base;
-  return result;
+  for (int k = e < 0 ? -e : e; k > 0; --k) value *= base;
+  return value;
 }
 
 // The far form's pieces at x (see the top of this file).
@@ -208,9 +208,10 @@ template <typename C> struct Far {
   C r;      // 1 / Qv
 };
 
+// The far form divides exactly (it is rare): the GPU's approximate reciprocal turns 1/inf into NaN.
 template <typename C> RS_FN Far<C> far_terms(C x, const Coefs<C>& c) {
   Far<C> f;
-  f.u = reciprocal(x);
+  f.u = C(1) / x;
   f.v = VERSION == 0 ? absval(f.u) : f.u;
   f.p = c.a[0];
   f.dp = C(0);
@@ -230,14 +231,14 @@ template <typename C> RS_FN Far<C> far_terms(C x, const Coefs<C>& c) {
       f.d = f.d * f.v + c.d[k];
     }
   }
-  f.r = reciprocal(q0<C>() * ipow(absval(f.v), C(0), c.n) + absval(f.d));
+  f.r = C(1) / (times_power(q0<C>(), absval(f.v), C(0), c.n) + absval(f.d));
   return f;
 }
 
 template <typename C> RS_RARE_FN C value_far(C x, const Coefs<C>& c) {
   const Far<C> f = far_terms(x, c);
   const C sign_n = (c.n & 1) ? unit_sign(x) : C(1);
-  return sign_n * ipow(x, f.u, c.m - c.n) * f.p * f.r;
+  return sign_n * times_power(f.p * f.r, x, f.u, c.m - c.n);
 }
 
 template <typename C> struct FarPartials {
@@ -256,15 +257,15 @@ template <typename C> RS_RARE_FN FarPartials<C> backward_far(C x, C dy, const Co
   const C s = VERSION == 0 ? C(1) : unit_sign(f.d);
   FarPartials<C> g;
   const C slope = (C(c.m) * f.p - f.u * f.dp) - s * f.p * (C(c.n) * f.d - f.v * f.dd) * f.r;
-  g.dx = dy * sign_n * ipow(x, f.u, c.m - c.n - 1) * f.r * slope;
+  g.dx = sign_n * times_power(dy * f.r * slope, x, f.u, c.m - c.n - 1);
   const C w = dy * sign_n * f.r;
   RS_UNROLL
-  for (int j = 0; j < NUM_COEFS; ++j) g.grad[j] = w * ipow(x, f.u, j - c.n);
+  for (int j = 0; j < NUM_COEFS; ++j) g.grad[j] = times_power(w, x, f.u, j - c.n);
   const C t = VERSION == 0 ? absval(x) : x;
   const C sign_s = VERSION == 0 ? ((c.m & 1) ? sx : C(1)) : sign_n;
   const C v = -dy * s * f.p * sign_s * f.r * f.r;
   RS_UNROLL
-  for (int k = 0; k < DEN_COEFS; ++k) g.grad[NUM_COEFS + k] = v * ipow(t, f.v, c.m + k + DEN_FIRST - 2 * c.n);
+  for (int k = 0; k < DEN_COEFS; ++k) g.grad[NUM_COEFS + k] = times_power(v, t, f.v, c.m + k + DEN_FIRST - 2 * c.n);
   return g;
 }
 

@@ -9,7 +9,8 @@ import time
 
 
 def check(args: argparse.Namespace) -> int:
-    """Which rational kernels run here, checked against the reference path. Exit 1 if one is broken."""
+    """Which rational kernels run here: a forward and a backward on each device, checked against the
+    reference path. Exit 1 if one is broken (or missing, for a device asked for with --device)."""
     import torch
 
     import ratsweep
@@ -17,28 +18,35 @@ def check(args: argparse.Namespace) -> int:
     from ratsweep.rational._native import KernelError
 
     print(f"ratsweep {ratsweep.__version__} | torch {torch.__version__} | python {platform.python_version()}")
-    devices = [("cpu", torch.device("cpu"), cpu, f"C++ compiler: {cpu.compiler() or 'none (set CXX)'}")]
-    if torch.cuda.is_available():
+    wanted = args.device or ["cpu", "cuda"]
+    devices = []
+    if "cpu" in wanted:
+        devices.append(("cpu", torch.device("cpu"), cpu, f"C++ compiler: {cpu.compiler() or 'none (set CXX)'}"))
+    failed = False
+    if "cuda" in wanted and torch.cuda.is_available():
         note = "CuPy installed" if cuda.available() else "CuPy missing: pip install 'ratsweep[cuda12]' or '[cuda13]'"
         devices.append(("cuda", torch.device("cuda"), cuda, f"{torch.cuda.get_device_name()}, {note}"))
-    else:
+    elif "cuda" in wanted:
         print("cuda kernels: no CUDA device")
-    failed = False
+        failed = args.device is not None
     for name, device, backend, note in devices:
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(1 << 16, generator=g).to(device)
+        x, dy = torch.randn(1 << 16, generator=g).to(device), torch.randn(1 << 16, generator=g).to(device)
         a, b = torch.randn(6, generator=g).to(device), torch.randn(4, generator=g).to(device)
         t0 = time.perf_counter()
         try:
-            y = backend.forward(x, a, b, "A")
+            got = (backend.forward(x, a, b, "A"), *backend.backward(dy, x, a, b, "A"))
         except KernelError as e:
             print(f"{name} kernels: FAILED ({note})\n  {e}")
             failed = True
             continue
-        err = (y.double() - reference.forward(x.double(), a.double(), b.double(), "A")).abs().max().item()
+        exact = (reference.forward(x.double(), a.double(), b.double(), "A"),
+                 *reference.backward(dy.double(), x.double(), a.double(), b.double(), "A"))
+        err = max(((u.double() - v).abs().max() / v.abs().max().clamp_min(1e-30)).item() for u, v in zip(got, exact))
         status = "ok" if err < 1e-4 else "WRONG RESULTS"
         failed |= status != "ok"
-        print(f"{name} kernels: {status} ({note}; first call {time.perf_counter() - t0:.1f} s, max |error| {err:.1e})")
+        print(f"{name} kernels: {status} ({note}; first forward and backward {time.perf_counter() - t0:.1f} s, "
+              f"largest relative error {err:.1e})")
     return 1 if failed else 0
 
 
@@ -354,7 +362,8 @@ def main(argv: list[str] | None = None) -> None:
         sub.set_defaults(run=fn)
         return sub
 
-    command(check)
+    sub = command(check)
+    sub.add_argument("--device", choices=["cpu", "cuda"], action="append", help="check only these (default: every device here)")
     for fn in (run, submit):
         sub = command(fn)
         sub.add_argument("space", help="a search-space YAML file or the name of a bundled one (ratsweep list)")

@@ -12,8 +12,8 @@
 // So a kernel missing the fence on either side of its completion count has a data race here, as it
 // may on a GPU. `__shared__` variables need per-block storage, which C++ has no storage class for: the
 // test rewrites each declaration into a call to emu::block_shared (see SHARED_DECLARATION in
-// emulator.py). Not emulated: inline PTX (emulator.py substitutes it, or the source keeps it behind
-// __CUDA_ARCH__, which is not defined here), timing, memory coalescing.
+// emulator.py). Inline PTX is replaced by the emu:: functions below, which do what the PTX manual says.
+// Not emulated: timing, memory coalescing, the flushing of subnormal arithmetic (-ftz).
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -26,6 +26,7 @@
 #include <vector>
 
 #define __CUDACC__ 1
+#define __CUDA_ARCH__ 900  // the code paths a Hopper GPU compiles (inline PTX substituted by emulator.py)
 #define __global__
 #define __device__
 #define __host__
@@ -150,6 +151,40 @@ inline unsigned int atomicInc(unsigned int* address, unsigned int limit) {
   emu::last_atomic = address;
   return old;
 }
+
+namespace emu {
+
+inline unsigned int float_bits(float f) {
+  unsigned int u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+// rcp.approx.ftz.f32: 1/q, a subnormal q flushed to a zero of its sign first (so +-inf), 1/+-inf = +-0.
+// (The hardware's result may be an ulp off the exact one computed here.)
+inline float rcp_approx_ftz(float q) {
+  if (std::fpclassify(q) == FP_SUBNORMAL) q = std::copysign(0.0f, q);
+  return 1.0f / q;
+}
+
+// cvt.rn.f16x2.f32 d, a, b: a rounded to nearest even into d's upper half, b into its lower half.
+inline unsigned int cvt_rn_f16x2(float a, float b) {
+  const _Float16 ha = _Float16(a), hb = _Float16(b);
+  unsigned short ua, ub;
+  std::memcpy(&ua, &ha, 2);
+  std::memcpy(&ub, &hb, 2);
+  return (unsigned int)ua << 16 | ub;
+}
+
+// cvt.rn.bf16x2.f32 likewise; a NaN becomes the canonical bf16 NaN 0x7fff.
+inline unsigned int bf16_rn(float v) {
+  const unsigned int u = float_bits(v);
+  if (std::isnan(v)) return 0x7fffu;
+  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+inline unsigned int cvt_rn_bf16x2(float a, float b) { return bf16_rn(a) << 16 | bf16_rn(b); }
+
+}  // namespace emu
 
 inline float __uint_as_float(unsigned int u) {
   float f;

@@ -58,26 +58,50 @@ def _library(code: str, defines: tuple):
 class EmulatedCupy:
     def __init__(self):
         self.launches: list[tuple] = []  # (kind, vec, grid, block, stream pointer)
+        self.launch_devices: list[int] = []  # the device current at each launch
         self.compiles: list[tuple] = []  # the -D options of each RawModule built
         self.device_switches: list[int] = []  # devices entered with cupy.cuda.Device
         self.current_device = DEVICE
+        self.capturing = False  # whether the stream a launch goes to is capturing a CUDA graph
         self.on_launch = None  # called with (replay, args) after each launch, where replay() launches again
         self.module = mock.create_autospec(cupy, spec_set=True)  # what cuda._cupy() returns
         cuda = self.module.cuda
         cuda.Stream = cupy.cuda.Stream
         cuda.Device.side_effect = self._device
         cuda.runtime.getDevice.side_effect = self._get_device
+        cuda.runtime.streamIsCapturing.side_effect = self._stream_is_capturing
+        for module, error in {"runtime": "CUDARuntimeError", "driver": "CUDADriverError", "compiler": "CompileException",
+                              "nvrtc": "NVRTCError"}.items():  # CuPy's own error types, to be caught
+            setattr(getattr(cuda, module), error, getattr(getattr(cupy.cuda, module), error))
         cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor.side_effect = self._occupancy
         self.module.RawModule.side_effect = self._raw_module
 
     def _device(self, *args, **kwargs):
         check_with_real_cupy(cupy.cuda.Device, *args, **kwargs)
-        self.device_switches.append(args[0] if args else kwargs["device"])
-        return mock.create_autospec(cupy.cuda.Device, instance=True, spec_set=True)
+        device = args[0] if args else kwargs["device"]
+        self.device_switches.append(device)
+        context = mock.create_autospec(cupy.cuda.Device, instance=True, spec_set=True)
+        outside = []
+
+        def enter(*_):
+            outside.append(self.current_device)
+            self.current_device = device
+            return context
+
+        def leave(*_):
+            self.current_device = outside.pop()
+            return False
+
+        context.__enter__.side_effect, context.__exit__.side_effect = enter, leave
+        return context
 
     def _get_device(self, *args, **kwargs):
         check_with_real_cupy(runtime.getDevice, *args, **kwargs)
         return self.current_device
+
+    def _stream_is_capturing(self, *args, **kwargs):
+        check_with_real_cupy(runtime.streamIsCapturing, *args, **kwargs)
+        return self.capturing
 
     def _occupancy(self, *args, **kwargs):
         check_with_real_cupy(driver.occupancyMaxActiveBlocksPerMultiprocessor, *args, **kwargs)
@@ -115,6 +139,7 @@ class EmulatedCupy:
             stream = kwargs["stream"] if "stream" in kwargs else args[4] if len(args) > 4 else None
             assert stream is not None, "a launch without a stream runs on CuPy's current stream, not torch's"
             self.launches.append((kind, vec, grid, block, stream.ptr))
+            self.launch_devices.append(self.current_device)
 
             def replay():
                 run(dtype_code, vec, grid[0], block[0], *kernel_args)

@@ -1,8 +1,10 @@
 """Builds kernels/rational.cu for the CPU emulator (cuda_emulator.h + cuda_emulator_harness.cpp).
 
-The source is rewritten for the host in two ways only: the two inline-PTX fp16 conversions become
-host code with the same rounding, and each `__shared__` declaration becomes a reference to the
-block's own copy (emu::block_shared), since C++ has no per-block storage class."""
+The source is rewritten for the host in two ways only: each inline-PTX statement becomes host code
+that does what the PTX manual says (conversions with the same rounding and packing, the approximate
+reciprocal with its handling of 0, infinities and subnormals), and each `__shared__` declaration
+becomes a reference to the block's own copy (emu::block_shared), since C++ has no per-block storage
+class. The emulator compiles the sm_90 code paths (__CUDA_ARCH__ 900)."""
 
 import ctypes
 import re
@@ -16,9 +18,12 @@ from ratsweep.rational import cuda
 
 HERE = Path(__file__).resolve().parent
 CXX = shutil.which("g++")
-PTX_TO_HOST = {
+PTX_TO_HOST = {  # each inline-PTX statement of the source -> the host code that does what the PTX manual says
     'asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));': "_Float16 h; std::memcpy(&h, &v.bits, 2); f = float(h);",
     'asm("cvt.rn.f16.f32 %0, %1;" : "=h"(out.bits) : "f"(v));': "const _Float16 h = _Float16(v); std::memcpy(&out.bits, &h, 2);",
+    'asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(word) : "f"(hi), "f"(lo));': "word = emu::cvt_rn_f16x2(hi, lo);",
+    'asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(word) : "f"(hi), "f"(lo));': "word = emu::cvt_rn_bf16x2(hi, lo);",
+    'asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(q));': "r = emu::rcp_approx_ftz(q);",
 }
 SHARED_DECLARATION = re.compile(r"__shared__\s+([\w:]+)\s+(\w+)((?:\[[^\]]+\])*)\s*;")
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
@@ -27,7 +32,7 @@ STORAGE_CODES = {cuda._STORAGE[dtype][0]: code for dtype, code in DTYPE_CODES.it
 
 def host_source(source: str) -> str:
     for ptx, host in PTX_TO_HOST.items():
-        assert ptx in source, "the kernel's fp16 conversions changed: update PTX_TO_HOST"
+        assert ptx in source, f"the kernel's inline PTX changed: update PTX_TO_HOST ({ptx})"
         source = source.replace(ptx, host)
     source, count = SHARED_DECLARATION.subn(
         lambda m: f"auto& {m[2]} = emu::block_shared<{m[1]}{m[3]}, __LINE__>();", source

@@ -4,6 +4,8 @@ autograd, and exact (mpmath) values for inputs where float64's powers would over
 Written like the rational_activations package (explicit powers, |b_k x^k| for version A), not like
 ratsweep's Horner and far forms, so agreement with them checks the hand-derived backward passes."""
 
+import math
+
 import torch
 
 
@@ -127,7 +129,8 @@ LARGE_TOL = {torch.float32: 1e-5, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
 
 def assert_close_or_overflows(got: float, want: float, scale: float, tol: float, dtype: torch.dtype, what: str) -> None:
     """got within tol x scale of want (or one step of the dtype's subnormals) where want fits the dtype
-    with room, the same infinity where it does not fit at all; NaN where want is NaN."""
+    with room, the same infinity where it does not fit at all, a number (or infinity) of want's sign at
+    the edge of the range; NaN where want is NaN."""
     limit = torch.finfo(dtype).max
     if want != want:
         assert got != got, f"{what}: {got}, expected NaN"
@@ -136,3 +139,13 @@ def assert_close_or_overflows(got: float, want: float, scale: float, tol: float,
     elif scale < limit / 2:
         step = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
         assert abs(got - want) <= tol * scale + step, f"{what}: {got!r}, expected {want!r} (scale {scale:.3e})"
+    else:
+        assert got == got and math.copysign(1, got) == math.copysign(1, want), f"{what}: {got}, expected about {want:.3e}"
+
+
+def mixed_inputs(dtype: torch.dtype) -> list[torch.Tensor]:
+    """Far, infinite and NaN elements among ordinary ones: a far element with only a NaN after it (a NaN
+    must not hide it), and infinities on both sides of one."""
+    far = LARGE[dtype][-2]
+    inf, nan = float("inf"), float("nan")
+    return [torch.tensor(values).to(dtype) for values in ([far, nan], [1.0, inf, -far, -inf, 0.5, -2.0])]

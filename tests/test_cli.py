@@ -8,6 +8,18 @@ def test_check_reports_working_cpu_kernels():
     assert "cpu kernels: ok" in proc.stdout
 
 
+def test_check_of_a_device_asked_for_fails_where_it_is_missing():
+    """`--device cuda` (the GPU acceptance run's check) fails on a machine without a CUDA device; the
+    default checks what is there."""
+    import torch
+
+    proc = subprocess.run([sys.executable, "-m", "ratsweep", "check", "--device", "cuda"], capture_output=True, text=True)
+    if torch.cuda.is_available():
+        assert "cuda kernels:" in proc.stdout and "cpu kernels" not in proc.stdout
+    else:
+        assert proc.returncode == 1 and "cuda kernels: no CUDA device" in proc.stdout
+
+
 def test_check_fails_when_no_kernel_can_be_built():
     env = {"CXX": "/nonexistent/c++", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-m", "ratsweep", "check"], capture_output=True, text=True, env={**env, "RATSWEEP_CACHE_DIR": "/tmp/ratsweep-test-nocxx"})

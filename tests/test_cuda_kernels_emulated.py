@@ -24,6 +24,7 @@ from naive import (
     assert_coefficient_grads,
     coefficient_scales,
     exact_terms,
+    mixed_inputs,
     naive_grads,
     random_coefficients,
 )
@@ -145,7 +146,6 @@ def emulated_cuda(monkeypatch):
     monkeypatch.setattr(cuda, "_device_index", lambda x: DEVICE)
     monkeypatch.setattr(cuda, "_raw_stream", lambda device: 7)
     monkeypatch.setattr(cuda, "_sm_count", lambda device: SMS)
-    monkeypatch.setattr(cuda, "_capturing", lambda: False)
     for cache in ("_kernels", "_plans", "_streams", "_counters"):
         monkeypatch.setattr(cuda, cache, {})
     return emulated
@@ -281,7 +281,7 @@ class CapturedGraph(TorchDispatchMode):
             work()
 
 
-def test_captured_launches_own_their_memory_and_replay_after_larger_eager_work(emulated_cuda, monkeypatch):
+def test_captured_launches_own_their_memory_and_replay_after_larger_eager_work(emulated_cuda):
     """Forward and backward captured twice on one stream (as torch.cuda.graph does, after eager warm-up):
     every address a captured launch uses is the user's or its own graph's (none is eager memory that
     may be freed or resized, none is shared by the two graphs, which may replay at once), and replaying
@@ -292,10 +292,10 @@ def test_captured_launches_own_their_memory_and_replay_after_larger_eager_work(e
     cuda.backward(dy, x, a, b, "A")  # warm-up: plans, and the stream's eager counter
     graphs = []
     for _ in range(2):
-        monkeypatch.setattr(cuda, "_capturing", lambda: True)
+        emulated_cuda.capturing = True
         with CapturedGraph(emulated_cuda) as graph:
             outputs = (cuda.forward(x, a, b, "A"), *cuda.backward(dy, x, a, b, "A"))
-        monkeypatch.setattr(cuda, "_capturing", lambda: False)
+        emulated_cuda.capturing = False
         graphs.append((graph, outputs))
         assert [kind for kind, _ in graph.launches] == ["forward", "backward"]
         for kind, args in graph.launches:
@@ -334,6 +334,14 @@ def test_large_inputs_on_the_emulated_kernels(emulated_cuda, dtype, version, deg
         assert_close_or_overflows(dx.float().item(), want_dx, dx_scale, 2 * tol, dtype, f"dF/dx({values[i]:.3e})")
         for got, want in zip([*grad_num.tolist(), *grad_den.tolist()], [*want_da, *want_db]):
             assert_close_or_overflows(got, want, abs(want), tol, torch.float32, f"coefficient gradient at {values[i]:.3e}")
+    for mixed in mixed_inputs(dtype):  # far, infinite and NaN elements leave the others' results alone
+        y = cuda.forward(mixed, a, b, version)
+        dx, _, _ = cuda.backward(torch.ones_like(mixed), mixed, a, b, version)
+        for i, (want, want_dx, dx_scale, _, _) in enumerate(exact_terms(mixed, a, b, version)):
+            if mixed[i].isfinite():
+                what = f"at {mixed[i].item():.3e} among {mixed.tolist()}"
+                assert_close_or_overflows(y[i].float().item(), want, abs(want), tol, dtype, f"F {what}")
+                assert_close_or_overflows(dx[i].float().item(), want_dx, dx_scale, 2 * tol, dtype, f"dF/dx {what}")
 
 
 def test_the_doubles_refuse_what_the_real_cupy_refuses(emulated_cuda):
@@ -375,10 +383,21 @@ def test_the_doubles_refuse_what_the_real_cupy_refuses(emulated_cuda):
 
 def test_the_original_launch_bug_fails_on_the_cpu(emulated_cuda, monkeypatch):
     """Asking the occupancy of the RawKernel (which has no .ptr) instead of its Function: the bug that
-    once passed every test against a CuPy double written from memory is a clear error here."""
+    once passed every test against a CuPy double written from memory fails here, as what it is (a
+    bug in ratsweep, not a CUDA failure to blame on the install)."""
     monkeypatch.setattr(cuda, "_function", lambda raw_kernel: raw_kernel)
     a, b = random_coefficients((5, 4), "A", torch.Generator().manual_seed(0), dtype=torch.float32)
-    with pytest.raises(KernelError, match="AttributeError.*ptr"):
+    with pytest.raises(AttributeError, match="ptr"):
+        cuda.forward(torch.randn(100), a, b, "A")
+
+
+def test_a_cuda_failure_is_a_kernel_error_naming_it_and_the_way_out(emulated_cuda, monkeypatch):
+    """What CuPy raises when CUDA fails (here a compile error, CuPy's own type) becomes a KernelError with
+    its first line, the install to fix and backend='torch'."""
+    real_compile_error = cupy.cuda.compiler.CompileException("rational.cu(3): error: expected a ';'", "", "rational.cu", (), "nvrtc")
+    emulated_cuda.module.RawModule.side_effect = real_compile_error
+    a, b = random_coefficients((5, 4), "A", torch.Generator().manual_seed(0), dtype=torch.float32)
+    with pytest.raises(KernelError, match=r"CompileException: rational.cu\(3\): error.*CuPy install.*backend='torch'"):
         cuda.forward(torch.randn(100), a, b, "A")
 
 
@@ -392,6 +411,8 @@ def test_a_launch_from_another_device_enters_the_kernels_device(emulated_cuda):
     emulated_cuda.current_device = DEVICE + 1
     assert torch.equal(cuda.forward(x, a, b, "A"), y)
     assert emulated_cuda.device_switches == [DEVICE, DEVICE]
+    assert emulated_cuda.launch_devices == [DEVICE, DEVICE]  # both ran on the kernels' device
+    assert emulated_cuda.current_device == DEVICE + 1  # and the caller's device is back
 
 
 def test_the_kernels_take_the_sign_bit_for_the_derivative_of_abs(emulated_cuda):

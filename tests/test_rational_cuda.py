@@ -5,6 +5,8 @@ tensors), so a wrong expectation shows up on machines without a GPU; their `cuda
 CUDA is, and fail with the install hint (instead of skipping) where CUDA is but CuPy is not.
 """
 
+import math
+
 import pytest
 import torch
 from naive import (
@@ -14,6 +16,7 @@ from naive import (
     assert_coefficient_grads,
     coefficient_scales,
     exact_terms,
+    mixed_inputs,
     naive_grads,
     random_coefficients,
 )
@@ -200,11 +203,11 @@ def test_one_kernel_per_call_in_one_wave(n):
     kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     assert len(kernels) == 2 and "rational_forward" in kernels[0] and "rational_backward" in kernels[1], kernels
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for (kind, degrees, version, dtype, device, numel, aligned, _), plan in cuda._plans.items():
+    for (kind, degrees, version, dtype, device, aligned, _), plan in cuda._plans.items():
         kernel = cuda._kernels[(degrees, version, dtype, device)][(kind, cuda.elements_per_load(dtype, aligned))]
         wave = sms * kernel.blocks_per_sm
-        assert 1 <= kernel.blocks_per_sm <= 2048 // cuda.BLOCK
-        assert plan.grid[0] == wave if numel == 1 << 24 else plan.grid[0] <= wave
+        assert 1 <= kernel.blocks_per_sm <= 2048 // cuda.BLOCK and plan.wave == wave
+        assert plan.grid(n) == wave if n == 1 << 24 else plan.grid(n) <= wave
     assert torch.isfinite(y).all()
 
 
@@ -338,6 +341,15 @@ def test_large_inputs_infinities_and_nan(backend, dtype, version, degrees):
             assert_close_or_overflows(as_.grad[j].item(), want, abs(want), tol, torch.float32, f"dF/da_{j}({xi:.3e})")
         for k, want in enumerate(want_db):
             assert_close_or_overflows(bs.grad[k].item(), want, abs(want), tol, torch.float32, f"dF/db_{k}({xi:.3e})")
+    for mixed in mixed_inputs(dtype):  # far, infinite and NaN elements leave the others' results alone
+        xs = mixed.to(device).requires_grad_()
+        y = rational(xs, a.to(device), b.to(device), version, backend)
+        y.backward(torch.ones_like(y))
+        for i, (want, want_dx, dx_scale, _, _) in enumerate(exact_terms(mixed, a, b, version)):
+            if math.isfinite(mixed[i].item()):
+                what = f"at {mixed[i].item():.3e} among {mixed.tolist()}"
+                assert_close_or_overflows(y[i].float().item(), want, abs(want), tol, dtype, f"F {what}")
+                assert_close_or_overflows(xs.grad[i].float().item(), want_dx, dx_scale, 2 * tol, dtype, f"dF/dx {what}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

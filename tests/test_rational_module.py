@@ -299,19 +299,19 @@ def test_no_compiler_is_reported(monkeypatch):
 
 @pytest.mark.parametrize("backend", ["auto", "cpu"])
 def test_a_broken_kernel_is_an_error_never_a_silent_fallback(monkeypatch, backend):
-    """A backend that is there but fails (here its build) is an error naming the cause and the way out,
-    for auto as for the named backend: a sweep must not run on other kernels than it reports."""
+    """A backend that is there but fails (a compiler that runs and cannot build) is an error naming the
+    cause and the way out, for auto as for the named backend: a sweep must not run on other kernels than
+    it reports."""
+    monkeypatch.setenv("CXX", "/bin/false")  # exists and runs: the backend is present
     monkeypatch.setattr(functional, "_absent", {})
-
-    def broken(*args):
-        raise KernelError("g++ could not build the CPU rational kernel (or run the unfused reference path with backend='torch')")
-
-    monkeypatch.setattr(cpu, "forward", broken)
+    monkeypatch.setattr(cpu, "_libraries", {})
+    assert R.resolve_backend("auto", torch.device("cpu")) == "cpu"
+    R.functional.reset_backends_used()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(KernelError, match="could not build.*backend='torch'"):
+        with pytest.raises(KernelError, match="/bin/false could not build the CPU rational kernel.*backend='torch'"):
             R.rational(torch.randn(100), torch.randn(6), torch.randn(4), "A", backend)
-    assert R.resolve_backend("auto", torch.device("cpu")) == "cpu"
+    assert R.functional.backends_used() == ()  # it did not run
 
 
 def test_an_unusable_cache_dir_is_an_error_naming_it(monkeypatch, tmp_path):

@@ -95,10 +95,6 @@ def _raw_stream(device: int) -> int:
     return torch._C._cuda_getCurrentRawStream(device)
 
 
-def _capturing() -> bool:
-    return torch.cuda.is_current_stream_capturing()
-
-
 @cache
 def _sm_count(device: int) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
@@ -194,7 +190,7 @@ def _make_plan(kind, degrees, version, dtype, device, aligned, coefficients, raw
 def _workspace(plan: Plan, grid: int, device: torch.device) -> tuple[torch.Tensor, int, int]:
     """Backward's workspace for one launch: (the tensor to keep alive until the launch is queued,
     the counter's address, the sums' address)."""
-    if _capturing():
+    if _cupy().cuda.runtime.streamIsCapturing(plan.stream.ptr):  # the launch's own stream, on its device
         # allocated in the graph's private pool (alive while the graph is) and zeroed at every replay
         workspace = torch.zeros(COUNTER_BYTES + grid * plan.sum_bytes, dtype=torch.uint8, device=device)
         return workspace, workspace.data_ptr(), workspace.data_ptr() + COUNTER_BYTES
@@ -225,10 +221,20 @@ def _prepare(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor
     return dense(x), a, b
 
 
+def _cuda_failed(e: Exception) -> bool:
+    """CUDA itself failed (compiling, loading, launching) or CuPy is missing, as opposed to a bug here,
+    which propagates as it is."""
+    if isinstance(e, ImportError):
+        return True
+    cuda = _cupy().cuda
+    return isinstance(e, (cuda.runtime.CUDARuntimeError, cuda.driver.CUDADriverError, cuda.compiler.CompileException,
+                          cuda.nvrtc.NVRTCError))
+
+
 def _failed(e: Exception) -> KernelError:
-    # CuPy raises compile, driver and runtime errors of several types
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return KernelError(f"the CUDA rational kernel failed ({type(e).__name__}: {first}); fix the CUDA/CuPy install {TORCH_PATH_HINT}")
+    return KernelError(f"the CUDA rational kernel failed ({type(e).__name__}: {first}); fix the CUDA/CuPy install "
+                       f"(pip install 'ratsweep[cuda12]' or 'ratsweep[cuda13]') {TORCH_PATH_HINT}")
 
 
 def forward(x: torch.Tensor, numerator, denominator, version: str) -> torch.Tensor:
@@ -241,6 +247,8 @@ def forward(x: torch.Tensor, numerator, denominator, version: str) -> torch.Tens
         plan = _plan("forward", degrees_of(a, b, version), version, x, _aligned(x, y), a.numel() + b.numel())
         _launch(plan, plan.grid(n), (x.data_ptr(), y.data_ptr(), n, a.data_ptr(), b.data_ptr()))
     except Exception as e:
+        if not _cuda_failed(e):
+            raise
         raise _failed(e) from e
     return y
 
@@ -262,5 +270,7 @@ def backward(grad: torch.Tensor, x: torch.Tensor, numerator, denominator, versio
                 grad_num.data_ptr(), grad_den.data_ptr(), sums, counter)
         _launch(plan, grid, args)
     except Exception as e:
+        if not _cuda_failed(e):
+            raise
         raise _failed(e) from e
     return dx, grad_num.to(numerator), grad_den.to(denominator)

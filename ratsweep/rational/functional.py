@@ -89,8 +89,9 @@ def reset_backends_used() -> None:
 
 def _call(method: str, backend: str, device: torch.device, *args):
     name = resolve_backend(backend, device)
+    result = getattr(_COMPILED.get(name, reference), method)(*args)
     _used.add(name)
-    return getattr(_COMPILED.get(name, reference), method)(*args)
+    return result
 
 
 # Every backend sees x (and grad) in the layout dense() gives, so outputs have the layout the fake
