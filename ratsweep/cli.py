@@ -81,16 +81,29 @@ def _load(args: argparse.Namespace):
 EXIT_TRIALS_FAILED = 3
 
 
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command the user ran, with --resume: how an interrupted sweep continues."""
+    import shlex
+
+    return shlex.join(["ratsweep", *args.argv] + ([] if args.resume else ["--resume"]))
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the sweeps of a search space (a YAML path or a bundled name) with Ray Tune, tracked in MLflow."""
-    import shlex
+    import os
     import signal
 
     spaces = _load(args)  # every document valid before anything starts
     from ratsweep.sweep import runner, tracking
+    from ratsweep.sweep import submit as submission
 
     runner.Signals.install()
-    resume = shlex.join(["ratsweep", *args.argv] + ([] if args.resume else ["--resume"]))
+    # a job sent by `ratsweep submit` is continued by the same submit command, with --resume
+    resume = os.environ.get(submission.RESUME_HINT_VAR) or _resume_command(args)
+    in_job = runner.in_ray_job()  # `ray job submit -- ratsweep run ...`, or ratsweep submit's job
+    if in_job:  # the job's folder is temporary: results must go somewhere lasting
+        submission.lasting_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+        submission.lasting_path(args.storage)
     options = runner.RunOptions(
         smoke=args.smoke, data_dir=args.data_dir, tracking_uri=args.tracking_uri, storage=args.storage,
         address=args.address, resume=args.resume, max_concurrent=args.max_concurrent,
@@ -98,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     )
     failed = False
     try:
-        if args.address is None:  # on a cluster the data lives on the workers: each trial checks there
+        if args.address is None and not in_job:  # on a cluster the data lives on the workers: each trial checks there
             for space in spaces:
                 runner.check_data(space, args.data_dir)
         runner.check_storage(args.storage)
@@ -324,7 +337,7 @@ def submit(args: argparse.Namespace) -> int:
         run_args.append("--keep-denormals")
     if args.resume:
         run_args.append("--resume")
-    job_id = submission.submit(args.address, args.space, run_args, args.working_dir)
+    job_id = submission.submit(args.address, args.space, run_args, args.working_dir, _resume_command(args))
     print(f"submitted job {job_id} to {args.address}")
     print(f"follow it:  ray job logs --follow --address {args.address} {job_id}")
     print(f"status:     ray job status --address {args.address} {job_id}")

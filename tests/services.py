@@ -73,7 +73,8 @@ def install_plugin(site: Path) -> dict[str, str]:
     """The test plugin (experiment `toy`) installed into `site`; the environment that sees it."""
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(PLUGIN)],
                    check=True, capture_output=True, timeout=300)
-    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    # no empty entry: that would mean "the current directory" to every process started with it
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
 
 
 def as_postgres(*command: str) -> list[str]:

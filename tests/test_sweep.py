@@ -434,6 +434,41 @@ def test_submit_stages_a_space_file_from_anywhere_and_runs_bundled_ones_by_name(
         stage_space(str(tmp_path / "missing.yaml"), package)
 
 
+def test_the_job_entrypoint_imports_the_staged_package_whatever_the_working_dir_holds(tmp_path):
+    """Ray puts the py_modules ahead of the working dir on PYTHONPATH, but `python -m`/`-c` put the
+    working dir first of all: a source checkout's `ratsweep/` (without the submitted space) or an
+    unrelated `ratsweep/` would be imported instead of the staged package."""
+    from ratsweep.sweep.submit import ENTRYPOINT, stage_package, stage_space
+
+    package = stage_package(tmp_path / "staged")
+    (tmp_path / "mine.yaml").write_text(HEADER_SUBMIT)
+    name = stage_space(str(tmp_path / "mine.yaml"), package)
+    job = tmp_path / "job"
+    (job / "ratsweep").mkdir(parents=True)
+    (job / "ratsweep" / "__init__.py").write_text("raise ImportError('the working dir`s own ratsweep/ was imported')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package.parent), str(job)])}  # as Ray orders them
+    shadowed = subprocess.run([sys.executable, "-m", "ratsweep", "validate", name], cwd=job, env=env, capture_output=True, text=True)
+    assert "working dir`s own ratsweep/ was imported" in shadowed.stderr  # the bug: plain `python -m`
+    proc = subprocess.run([sys.executable, *ENTRYPOINT[1:], "validate", name], cwd=job, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "submitted" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ([], "--tracking-uri: expected the MLflow store the job logs to"),
+        (["--tracking-uri", "http://127.0.0.1:1"], "--storage: expected an absolute path"),
+    ],
+)
+def test_run_as_a_ray_job_refuses_stores_in_the_jobs_temporary_folder(tmp_path, args, expected):
+    """`ray job submit -- ratsweep run ...` runs in a temporary copy of the working dir: its default
+    mlruns.db and ratsweep_results would vanish with it."""
+    (tmp_path / "space.yaml").write_text(HEADER_SUBMIT)
+    env = {"MLFLOW_TRACKING_URI": "", "RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"}  # set by Ray's job supervisor
+    proc = ratsweep(tmp_path, "run", "space.yaml", "--smoke", *args, env=env, check=False)
+    assert proc.returncode == 2 and expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [

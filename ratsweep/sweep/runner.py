@@ -129,6 +129,14 @@ def init_ray(address: str | None) -> None:
     ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
 
 
+def in_ray_job() -> bool:
+    """This driver is a Ray job's entrypoint (`ray job submit`, `ratsweep submit`): Ray attaches it to
+    the job's cluster, and its working dir is a temporary copy."""
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR  # noqa: PLC0415  (the supervisor sets it)
+
+    return RAY_JOB_CONFIG_JSON_ENV_VAR in os.environ
+
+
 def check_cluster(space: Space, smoke: bool = False) -> None:
     """Resources the cluster cannot give would leave trials pending forever: refuse up front.
     A smoke run is the exception: it shrinks trials to run anywhere, so without a GPU its trials

@@ -3,11 +3,13 @@
 The job's runtime env carries the current directory (the user's plugins, data lists) as its working
 dir and this ratsweep package, kernels and bundled spaces inside it, as a py_module, so the cluster
 runs exactly the code that was validated here; the submitted search-space file travels inside it,
-wherever it was on this machine.
+wherever it was on this machine. Whatever the working dir holds (a source checkout's own
+`ratsweep/`, or an unrelated folder of that name) the job imports the staged package (ENTRYPOINT).
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import tempfile
@@ -62,17 +64,32 @@ def stage_space(space: str, package: Path) -> str:
     return name
 
 
-def submit(address: str, space: str, run_args: list[str], working_dir: str = ".") -> str:
+# `python -m` and `python -c` put the job's working dir first on sys.path, ahead of the py_modules
+# (which Ray puts ahead of the working dir on PYTHONPATH): dropping that entry makes the staged
+# package the one imported. (`python -P` does the same from Python 3.11 only.)
+ENTRYPOINT = ["python", "-c", "import sys; del sys.path[0]; from ratsweep.cli import main; main()"]
+# What ratsweep run prints as the way to continue an interrupted sweep: this command, not the job's.
+RESUME_HINT_VAR = "RATSWEEP_RESUME_COMMAND"
+# `ray job stop` sends SIGTERM, then SIGKILL after this many seconds (Ray's default: 3): time for the
+# sweep to stop its trials, save Tune's state and close its MLflow runs.
+STOP_WAIT_S = 60
+
+
+def submit(address: str, space: str, run_args: list[str], working_dir: str = ".", resume_command: str = "") -> str:
     from ray.job_submission import JobSubmissionClient  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="ratsweep-submit-") as tmp:
         package = stage_package(Path(tmp))
-        command = shlex.join(["python", "-m", "ratsweep", "run", stage_space(space, package), *run_args])
+        command = shlex.join([*ENTRYPOINT, "run", stage_space(space, package), *run_args])
+        env_vars = {"RAY_JOB_STOP_WAIT_TIME_S": os.environ.get("RAY_JOB_STOP_WAIT_TIME_S", str(STOP_WAIT_S))}
+        if resume_command:
+            env_vars[RESUME_HINT_VAR] = resume_command
         try:
             job_client = JobSubmissionClient(address)
         except ConnectionError as e:
             raise UserError(f"--address: cannot reach a Ray dashboard at {address} ({str(e).splitlines()[0]})") from None
         return job_client.submit_job(
             entrypoint=command,
-            runtime_env={"working_dir": str(Path(working_dir)), "py_modules": [str(package)], "excludes": EXCLUDES},
+            runtime_env={"working_dir": str(Path(working_dir)), "py_modules": [str(package)], "excludes": EXCLUDES,
+                         "env_vars": env_vars},
         )
