@@ -139,7 +139,8 @@ def server(args: argparse.Namespace) -> int:
     """Start a team's MLflow tracking server on a PostgreSQL store (checked first), bound to 127.0.0.1 unless told otherwise."""
     from ratsweep.sweep import server as tracking_server
 
-    tracking_server.serve(args.backend_store_uri, args.artifacts_destination, args.host, args.port, args.workers, args.allowed_hosts)
+    tracking_server.serve(args.backend_store_uri, args.artifacts_destination, args.host, args.port, args.workers,
+                          args.allowed_hosts, args.db_pool)
     return 0
 
 
@@ -431,7 +432,10 @@ def main(argv: list[str] | None = None) -> None:
                      "clients upload through the server")
     sub.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; 0.0.0.0 for a team)")
     sub.add_argument("--port", type=_positive, default=5000)
-    sub.add_argument("--workers", type=_positive, default=2)
+    sub.add_argument("--workers", type=_positive, default=2, help="server processes (default: 2; about one per "
+                     "2 CPUs of the server's machine)")
+    sub.add_argument("--db-pool", type=_positive, default=5, help="database connections each worker keeps (default: 5), "
+                     "and as many more at peaks; workers x 2 x db-pool must fit the database's max_connections")
     sub.add_argument("--allowed-hosts", help="host names clients use to reach it (MLflow 3 refuses others)")
     sub = command(sync)
     sub.add_argument("target", help="a sweep's Tune folder (printed by ratsweep run), its mlflow_outbox.json, or a sweep name")

@@ -62,3 +62,19 @@ def test_a_sweep_logs_to_mlflow_on_postgres_and_no_secret_lands_anywhere(tmp_pat
         server.stop()
     first = (server.folder / "server.log").read_text().split("\n")[0]
     assert DB_PASSWORD not in first and "--tracking-uri http://127.0.0.1:" in first, first
+
+
+def test_the_database_pool_is_sized_per_worker_and_checked_against_max_connections(tmp_path, postgres):
+    too_many = ratsweep(tmp_path, "server", "--backend-store-uri", postgres, "--artifacts-destination", str(tmp_path),
+                        "--workers", "40", "--db-pool", "5", check=False)  # 400 connections; the test database allows 197
+    assert too_many.returncode == 2 and len(too_many.stderr.strip().splitlines()) == 1, too_many.stderr
+    assert "--db-pool: expected at most 197 connections in all" in too_many.stderr and "got 400" in too_many.stderr
+
+    server = MlflowServer(tmp_path / "mlflow", postgres=postgres, workers=2)
+    server.command = lambda: [*MlflowServer.command(server), "--db-pool", "3"]
+    server.start()
+    try:
+        environ = dict(line.split("=", 1) for line in Path(f"/proc/{server.proc.pid}/environ").read_text().split("\0") if "=" in line)
+        assert environ["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"] == "3" and environ["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"] == "3"
+    finally:
+        server.stop()

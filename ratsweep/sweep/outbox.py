@@ -1,7 +1,8 @@
 """The sweep's MLflow writes, sent in order and held while the tracking store cannot take them.
 
 Every write the driver makes for a trial (its run with params and tags, each report's metrics, its
-artifacts, its end status) is an operation in the outbox. `flush` sends them in order, during a
+artifacts, its end status) is an operation in the outbox. `flush` sends them in order (each
+trial's own order; a trial's run creation and the reports queued behind it as one request), during a
 sweep from a sender thread, so that Tune's event loop only queues them; when the store is
 unreachable or answers 5xx, the rest wait, and the sender tries again after a backoff that doubles
 up to a minute. A write the store refuses for good (4xx)
@@ -28,11 +29,19 @@ from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
 OUTBOX_FILE = "mlflow_outbox.json"
 SPOOL_DIR = "mlflow_outbox"  # artifacts waiting to be sent, beside OUTBOX_FILE
 WRITE_TIMEOUT_S, MAX_BACKOFF_S, WAITING_RETRY_S = 10, 60, 2
+# The sender waits this long after being woken before it sends, so that a trial's run creation and
+# its first reports (and other trials' writes) go out together: fewer, larger requests.
+LINGER_S = 0.5
+# One log_batch request of MLflow's REST API holds at most this many entities (params at most 100,
+# tags at most 100): coalesced reports stay within one request, so a retried one is never half-sent.
+MAX_BATCH_ENTITIES, MAX_BATCH_PARAMS_OR_TAGS = 1000, 100
+BATCH_LOOKAHEAD = 256  # how far past the first pending write a batch looks (a long backlog stays linear to send)
 TAG_TRIAL, TAG_PARENT = "ratsweep.trial_id", "mlflow.parentRunId"
 
 
@@ -81,6 +90,32 @@ def writes(op: dict[str, Any]) -> Counter:
     return +count
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link where source and target share a file system (no bytes copied; the file lives on
+    when Tune deletes the checkpoint it came from), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _coalesced(ops: list[dict[str, Any]]) -> dict[str, Any]:
+    """A trial's start or log operation and the reports queued after it, as one operation: its
+    metrics in order, the first value of each param, the last of each tag."""
+    merged = {**ops[0], "metrics": [m for op in ops for m in op.get("metrics", ())], "params": {}, "tags": {}}
+    for op in ops:
+        merged["params"] = {**op.get("params", {}), **merged["params"]}
+        merged["tags"].update(op.get("tags", {}))
+        merged["retried"] = merged.get("retried") or op.get("retried")
+        merged["tried"] = merged.get("tried") or op.get("tried")
+    return merged
+
+
+def _entities(op: dict[str, Any]) -> tuple[int, int, int]:
+    create = op.get("create") or {}
+    return len(op.get("metrics", ())), len(op.get("params", {})) + len(create.get("params", {})), len(op.get("tags", {}))
+
+
 class Outbox:
     # this process's MLflow writes over all its outboxes: their time (in whichever thread sent them)
     # and the time the callers waited for them, for the cost line of a sweep's summary
@@ -97,6 +132,7 @@ class Outbox:
         self.pending: list[dict[str, Any]] = []
         self.refused: list[dict[str, Any]] = []  # operations the store rejected, each with its "error"
         self.runs: dict[str, str] = {}  # trial id -> run id
+        self.artifact_uris: dict[str, str] = {}  # run id -> its artifact URI, where this process learnt it (saves a read per upload)
         self.fresh = True  # a new sweep's: no run of its trials exists yet unless this outbox made it
         self.retry_at, self.backoff = 0.0, 1.0
         self.down_since: float | None = None
@@ -115,7 +151,7 @@ class Outbox:
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update(state, _client=None, fresh=False)  # restored: runs may exist already
+        self.__dict__.update({"artifact_uris": {}, **state}, _client=None, fresh=False)  # restored: runs may exist already
         self._init_threading()
 
     @property
@@ -146,6 +182,7 @@ class Outbox:
 
     def _send_forever(self) -> None:
         while True:
+            self._stop.wait(LINGER_S)  # let more writes gather (stop_senders ends the wait)
             self.flush()
             if self._stop.is_set():
                 return
@@ -176,7 +213,7 @@ class Outbox:
         if self.folder is None:
             raise RuntimeError("an outbox without a folder cannot hold artifacts")
         target = self.folder / SPOOL_DIR / f"{trial}-{time.time_ns()}"
-        shutil.copytree(source, target)
+        shutil.copytree(source, target, copy_function=_link_or_copy)
         return str(target)
 
     # ---- sending ----------------------------------------------------------------------------
@@ -189,7 +226,8 @@ class Outbox:
             with self._lock:
                 if not self.pending:
                     break
-                op = self.pending[0]
+                batch = self._batch()
+                op = _coalesced([self.pending[i] for i in batch]) if len(batch) > 1 else self.pending[0]
             now = time.monotonic()
             if now < self.retry_at:
                 if now >= deadline:
@@ -202,7 +240,8 @@ class Outbox:
                     self._send(op)
             except Exception as e:  # noqa: BLE001  (MLflow raises many types; `transient` sorts them)
                 with self._lock:
-                    op["tried"] = True  # its run may exist now: look for it next time
+                    for i in batch:
+                        self.pending[i]["tried"] = True  # its run may exist now: look for it next time
                 if transient(e):
                     if self.down_since is None:
                         self.down_since = time.monotonic()
@@ -216,42 +255,70 @@ class Outbox:
                 with Outbox._clock:
                     Outbox.spent_s += time.perf_counter() - started
             with Outbox._clock:
-                Outbox.writes += 1
+                Outbox.writes += len(batch)
             with self._lock:
-                self.pending.pop(0)
+                for i in reversed(batch):
+                    self.pending.pop(i)
             self._release(op)
             if self.down_since is not None:
                 print(f"ratsweep: MLflow store {redacted(self.uri)} is back after {time.monotonic() - self.down_since:.0f} s; "
-                      f"sending {len(self.pending) + 1} held writes", flush=True)
+                      f"sending {len(self.pending) + len(batch)} held writes", flush=True)
                 self.down_since = None
             self.retry_at, self.backoff = 0.0, 1.0
         self.save()
         return not self.pending
 
+    def _batch(self) -> list[int]:
+        """Which pending operations go out next, as one (indices, under the lock): the first; if it
+        is a trial's start or log, with that trial's reports queued after it, up to the trial's next
+        other operation or the sweep's end, as many as one request holds. Other trials' operations
+        may lie between: the order that matters is each trial's own."""
+        first = self.pending[0]
+        batch = [0]
+        if first["op"] not in ("start", "log"):
+            return batch
+        metrics, params, tags = _entities(first)
+        for i, op in enumerate(self.pending[1:BATCH_LOOKAHEAD], start=1):
+            if op["op"] == "finish_sweep":
+                break
+            if op.get("trial") != first["trial"]:
+                continue
+            if op["op"] != "log":
+                break
+            m, p, t = _entities(op)
+            if (metrics + m + params + p + tags + t > MAX_BATCH_ENTITIES or params + p > MAX_BATCH_PARAMS_OR_TAGS
+                    or tags + t > MAX_BATCH_PARAMS_OR_TAGS):
+                break
+            metrics, params, tags = metrics + m, params + p, tags + t
+            batch.append(i)
+        return batch
+
     def _release(self, op: dict[str, Any]) -> None:
         if op.get("artifacts"):
             shutil.rmtree(op["artifacts"], ignore_errors=True)
 
-    def run_id(self, trial: str, create: dict[str, Any] | None = None) -> str:
+    def run_id(self, trial: str, create: dict[str, Any] | None = None) -> tuple[str, bool]:
         """The trial's run under this sweep's parent: known, found by its tag, or created from `create`
-        ({"tags", "params"}): the params go with the creation, so a run never lacks them."""
+        ({"tags", "params"}, the tags with the creation; the params are the caller's to log); and
+        whether it was created now."""
         if trial in self.runs:
-            return self.runs[trial]
+            return self.runs[trial], False
         # a new sweep's first try at a trial's run: nothing to find (saves a search per trial)
         may_exist = not self.fresh or create is None or create.get("tried")
         found = may_exist and self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{TAG_TRIAL}` = '{trial}' and tags.`{TAG_PARENT}` = '{self.parent_run_id}'",
             max_results=1)
         if found:
-            run_id = found[0].info.run_id
+            run = found[0]
         elif create is not None:
-            run_id = self.client.create_run(self.experiment_id, tags=create["tags"]).info.run_id
-            self.client.log_batch(run_id, params=[Param(k, v) for k, v in create["params"].items()])
+            run = self.client.create_run(self.experiment_id, tags=create["tags"])
         else:
             raise LookupError(f"no run for trial {trial} under {self.parent_run_id}")  # refused: sent out of order
+        run_id = run.info.run_id
         with self._lock:  # save() may be writing the map out from the other thread
             self.runs[trial] = run_id
-        return run_id
+            self.artifact_uris[run_id] = run.info.artifact_uri
+        return run_id, not found
 
     def _send(self, op: dict[str, Any]) -> None:
         kind = op["op"]
@@ -262,18 +329,21 @@ class Outbox:
                     self.client.set_terminated(run.info.run_id, "FAILED" if op["status"] == "FAILED" else "KILLED")
             self.client.set_terminated(self.parent_run_id, op["status"])
             return
-        run_id = self.run_id(op["trial"], op.get("create") and {**op["create"], "tried": op.get("tried")})
-        if kind == "start":  # a run finished before a resume stays as it was
+        create = op.get("create")
+        run_id, created = self.run_id(op["trial"], create and {**create, "tried": op.get("tried")})
+        if kind == "start" and not created:  # a run finished before a resume stays as it was
             if self.client.get_run(run_id).info.status != "FINISHED":
                 self.client.update_run(run_id, status="RUNNING")
-        elif kind == "log":
-            params = op.get("params", {})
+        if kind in ("start", "log"):  # the run's params (start), and any reports coalesced with it, in one request
+            params = {**op.get("params", {}), **(create["params"] if create else {})}
             # a retried or resumed trial reports them again (as may an earlier try of this write): log only the new ones
-            if params and (not self.fresh or op.get("retried") or op.get("tried")):
+            if params and not created and (not self.fresh or create or op.get("retried") or op.get("tried")):
                 logged = self.client.get_run(run_id).data.params
                 params = {k: v for k, v in params.items() if k not in logged}
-            self.client.log_batch(run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in op.get("metrics", ())],
-                                  params=[Param(k, v) for k, v in params.items()], tags=[RunTag(k, v) for k, v in op.get("tags", {}).items()])
+            metrics, tags = op.get("metrics", ()), op.get("tags", {})
+            if params or metrics or tags:
+                self.client.log_batch(run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in metrics],
+                                      params=[Param(k, v) for k, v in params.items()], tags=[RunTag(k, v) for k, v in tags.items()])
         elif kind == "end":
             if op.get("unless_finished") and not self.fresh and self.client.get_run(run_id).info.status == "FINISHED":
                 return  # completed before a resume: keep it as it was
@@ -282,7 +352,10 @@ class Outbox:
             if "text" in op:
                 self.client.log_text(run_id, op["text"], op["text_file"])
             if op.get("artifacts"):
-                self.client.log_artifacts(run_id, op["artifacts"])
+                if run_id in self.artifact_uris:  # MlflowClient.log_artifacts would read the run back for it
+                    get_artifact_repository(self.artifact_uris[run_id], tracking_uri=self.uri).log_artifacts(op["artifacts"])
+                else:
+                    self.client.log_artifacts(run_id, op["artifacts"])
             self.client.set_terminated(run_id, op["status"])
         else:
             raise ValueError(f"unknown outbox operation {kind!r}")

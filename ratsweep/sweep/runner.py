@@ -17,6 +17,7 @@ from pathlib import Path
 
 import ray
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from .. import config as cfg
 from .. import registry
@@ -113,19 +114,32 @@ class _NoRestoreHint(logging.Filter):
         return "has been interrupted" not in record.getMessage()
 
 
+class _VanishedTempFile(logging.Filter):
+    """Tune copies its state folder to storage in the background while it may write the next state
+    through a temporary file: a copy that found the temporary file gone is harmless (the next copy
+    takes the whole folder again) and is not the user's concern."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Last sync command failed") and "FileNotFoundError" in message and "-tmp-" in message)
+
+
 def init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     # Each point of a random/grid search holds None for the keys that do not apply (search.py);
     # Tune warns once per trial and key that None is not among the domain's values.
     logging.getLogger("ray.tune.search.variant_generator").addFilter(_NotAppliedWarning())
-    # Every report checkpoints (ASHA may stop a trial after any): Tune's "snapshotting too often"
-    # warning is expected here, not a problem to fix.
+    # Every report checkpoints (ASHA may stop a trial after any), and with num_to_keep Tune then
+    # snapshots its experiment state after each one: its "snapshotting too often" warning is
+    # expected here. Those snapshots (and Tune's own period) are enough: a trial that finished after
+    # the last one is restored from its final checkpoint on --resume, reports nothing new and keeps
+    # its run as it was.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Snapshot the experiment state at every controller step (a few KB here), so a killed driver
-    # resumes knowing every trial that had finished, instead of restarting some from their last
-    # checkpoint.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # MLflow is the sweep's record: Tune's TensorBoard files are not written (its result.json and
+    # progress.csv are, by the callbacks _new_tuner adds).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    logging.getLogger("ray.train._internal.syncer").addFilter(_VanishedTempFile())
     ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
 
 
@@ -392,7 +406,7 @@ def _new_tuner(space: Space, options: RunOptions, trainable, storage: Path, swee
             # A trial resumes from its latest checkpoint (a CIFAR VGG8 one is ~40 MB, hundreds of
             # trials per sweep); PBT exploits other trials' recent ones: keep more of them.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if pbt else 1),
-            callbacks=[callback],
+            callbacks=[callback, JsonLoggerCallback(), CSVLoggerCallback()],
             verbose=1,  # Ray's status table as trials run; the summary table comes at the end
         ),
     )

@@ -1,0 +1,105 @@
+"""The outbox's request economy against a real MLflow store (a SQLite file): a trial's run creation
+and the reports queued behind it go out as one log_batch, other trials' writes in between keep
+their own order, a batch never outgrows one request, and a failed batch is sent again whole, with
+nothing doubled."""
+
+from __future__ import annotations
+
+import os
+from unittest import mock
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from ratsweep.sweep.outbox import MAX_BATCH_ENTITIES, TAG_PARENT, TAG_TRIAL, Outbox
+
+
+@pytest.fixture
+def outbox(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("outbox", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment).info.run_id
+    box = Outbox(uri, experiment, parent, tmp_path)
+    box._client = mock.Mock(wraps=client)  # the real client, its calls counted
+    return box
+
+
+def start(trial: str, params: dict, parent: str) -> dict:
+    """As tracking.MlflowTracking queues it: the run's tags (the parent's among them) and params."""
+    return {"op": "start", "trial": trial, "create": {"tags": {TAG_TRIAL: trial, TAG_PARENT: parent}, "params": params}}
+
+
+def log(trial: str, step: int, **extra) -> dict:
+    return {"op": "log", "trial": trial, "metrics": [["loss", 1.0 / step, 0, step]], "params": {}, "tags": {}, **extra}
+
+
+def calls(box: Outbox) -> dict[str, int]:
+    out = {}
+    for name, *_ in box._client.method_calls:
+        out[name] = out.get(name, 0) + 1
+    return out
+
+
+def test_a_runs_creation_and_its_queued_reports_go_out_in_one_batch(outbox, tmp_path):
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    (plots / "fit.png").write_bytes(b"\x89PNG")
+    outbox.pending = [
+        start("a", {"lr": "0.1"}, outbox.parent_run_id), start("b", {"lr": "0.2"}, outbox.parent_run_id),
+        log("a", 1, params={"num_params": "50"}), log("b", 1), log("a", 2, tags={"device": "cpu"}),
+        {"op": "end", "trial": "a", "status": "FINISHED", "artifacts": outbox.spool("a", plots)}, log("b", 2),
+        {"op": "finish_sweep", "status": "FINISHED"}, log("b", 3),  # nothing moves past the sweep's end
+    ]
+    assert outbox.flush()
+    # per trial: create_run, one log_batch; a's end (its artifacts uploaded to the URI create_run
+    # returned); the sweep's end (its search, two set_terminated); b's last report alone, after the
+    # sweep's end as it was queued. Nothing read back from the store.
+    assert calls(outbox) == {"create_run": 2, "log_batch": 3, "set_terminated": 3, "search_runs": 1}, calls(outbox)
+    client = outbox.client
+    run_a, run_b = (client.get_run(outbox.runs[t]) for t in "ab")
+    assert run_a.data.params == {"lr": "0.1", "num_params": "50"} and run_a.data.tags["device"] == "cpu"
+    assert run_a.data.tags[TAG_PARENT] == outbox.parent_run_id and run_a.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_a.info.run_id, "loss")] == [1, 2]
+    assert [a.path for a in client.list_artifacts(run_a.info.run_id)] == ["fit.png"]
+    assert not list((outbox.folder / "mlflow_outbox").iterdir())  # the spooled copy is gone once sent
+    assert sorted(m.step for m in client.get_metric_history(run_b.info.run_id, "loss")) == [1, 2, 3]
+    assert not (outbox.folder / "mlflow_outbox.json").exists()  # nothing held
+
+
+def test_a_batch_stays_within_one_request(outbox):
+    outbox.pending = [start("a", {"lr": "0.1"}, outbox.parent_run_id)] + [
+        {"op": "log", "trial": "a", "metrics": [[f"m{k}", 1.0, 0, step] for k in range(30)], "params": {}, "tags": {}}
+        for step in range(1, 101)
+    ]
+    assert outbox.flush()
+    batches = [c for c in outbox._client.method_calls if c[0] == "log_batch"]
+    sizes = [len(c.kwargs["metrics"]) + len(c.kwargs["params"]) + len(c.kwargs["tags"]) for c in batches]
+    assert max(sizes) <= MAX_BATCH_ENTITIES and sum(sizes) == 3000 + 1 and len(batches) == 4, sizes
+    history = outbox.client.get_metric_history(outbox.runs["a"], "m0")
+    assert [m.step for m in history] == list(range(1, 101))
+
+
+def test_a_batch_that_fails_after_creating_the_run_is_sent_again_whole_and_once(outbox):
+    outbox.pending = [start("a", {"lr": "0.1"}, outbox.parent_run_id), log("a", 1, params={"num_params": "50"}), log("a", 2)]
+    real = outbox._client.log_batch
+    outbox._client.log_batch = mock.Mock(side_effect=OSError("connection reset"))
+    assert not outbox.flush()  # the run exists now, its reports not
+    assert len(outbox.pending) == 3 and all(op.get("tried") for op in outbox.pending)
+    outbox._client.log_batch = mock.Mock(wraps=real)
+    outbox.retry_at = 0.0
+    assert outbox.flush()
+    client = outbox.client
+    [run] = client.search_runs([outbox.experiment_id], f"tags.`{TAG_TRIAL}` = 'a'")  # found again, not created twice
+    assert run.data.params == {"lr": "0.1", "num_params": "50"}
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
+
+
+def test_spooled_artifacts_are_links_not_copies(outbox, tmp_path):
+    source = tmp_path / "checkpoint" / "artifacts"
+    source.mkdir(parents=True)
+    (source / "fit.png").write_bytes(b"\x89PNG" + bytes(1000))
+    spooled = outbox.spool("a", source)
+    assert os.stat(f"{spooled}/fit.png").st_ino == (source / "fit.png").stat().st_ino
+    (source / "fit.png").unlink()  # Tune deletes the older checkpoint: the spooled file lives on
+    assert os.path.getsize(f"{spooled}/fit.png") == 1004
