@@ -435,7 +435,8 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_argument("--workers", type=_positive, default=2, help="server processes (default: 2; about one per "
                      "2 CPUs of the server's machine)")
     sub.add_argument("--db-pool", type=_positive, default=5, help="database connections each worker keeps (default: 5), "
-                     "and as many more at peaks; workers x 2 x db-pool must fit the database's max_connections")
+                     "and as many more at peaks, for the runs and again for the model registry; workers x 4 x db-pool must fit "
+                     "the database's max_connections")
     sub.add_argument("--allowed-hosts", help="host names clients use to reach it (MLflow 3 refuses others)")
     sub = command(sync)
     sub.add_argument("target", help="a sweep's Tune folder (printed by ratsweep run), its mlflow_outbox.json, or a sweep name")

@@ -171,7 +171,7 @@ def test_ray_job_submit_of_ratsweep_run_uses_the_cluster_checks_it_and_stops_cle
 
     # `ray job stop` sends SIGTERM, and SIGKILL RAY_JOB_STOP_WAIT_TIME_S (Ray's default: 3) later
     job = f"slow-{suffix}"
-    ray_job_submit(cluster, project, job, "slow.yaml", *lasting, env_vars={"RAY_JOB_STOP_WAIT_TIME_S": "60"})
+    ray_job_submit(cluster, project, job, "slow.yaml", *lasting, env_vars={"RAY_JOB_STOP_WAIT_TIME_S": "120"})
     deadline = time.time() + 240
     while time.time() < deadline:  # trials running and reporting
         experiment = client.get_experiment_by_name("stopped_by_ray")

@@ -103,3 +103,26 @@ def test_spooled_artifacts_are_links_not_copies(outbox, tmp_path):
     assert os.stat(f"{spooled}/fit.png").st_ino == (source / "fit.png").stat().st_ino
     (source / "fit.png").unlink()  # Tune deletes the older checkpoint: the spooled file lives on
     assert os.path.getsize(f"{spooled}/fit.png") == 1004
+
+
+def test_a_refused_batch_is_sent_again_write_by_write_so_only_the_bad_one_is_set_aside(outbox):
+    outbox.pending = [start("a", {"lr": "0.1"}, outbox.parent_run_id), log("a", 1),
+                      log("a", 2, params={"bad?key": "1"}),  # not a valid param name: refused (400)
+                      log("a", 3, params={"num_params": "50"})]
+    assert outbox.flush()
+    [refused] = outbox.refused
+    assert refused["metrics"][0][3] == 2 and "bad?key" in refused["error"]
+    run = outbox.client.get_run(outbox.runs["a"])
+    assert run.data.params == {"lr": "0.1", "num_params": "50"}
+    assert [m.step for m in outbox.client.get_metric_history(run.info.run_id, "loss")] == [1, 3]
+
+
+def test_a_param_changing_value_is_not_hidden_by_coalescing(outbox):
+    outbox.pending = [start("a", {"lr": "0.1"}, outbox.parent_run_id), log("a", 1, params={"width": "4"}),
+                      log("a", 2, params={"width": "8"}), log("a", 3)]
+    assert outbox.flush()
+    [refused] = outbox.refused  # as if sent one by one: MLflow refuses the changed value, with its reason
+    assert refused["params"] == {"width": "8"} and "width" in refused["error"]
+    run = outbox.client.get_run(outbox.runs["a"])
+    assert run.data.params == {"lr": "0.1", "width": "4"}
+    assert [m.step for m in outbox.client.get_metric_history(run.info.run_id, "loss")] == [1, 3]

@@ -471,8 +471,10 @@ def test_the_job_entrypoint_imports_the_staged_package_whatever_the_working_dir_
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package.parent), str(job)])}  # as Ray orders them
     shadowed = subprocess.run([sys.executable, "-m", "ratsweep", "validate", name], cwd=job, env=env, capture_output=True, text=True)
     assert "working dir`s own ratsweep/ was imported" in shadowed.stderr  # the bug: plain `python -m`
-    proc = subprocess.run([sys.executable, *ENTRYPOINT[1:], "validate", name], cwd=job, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and "submitted" in proc.stdout, proc.stderr
+    for safe_path in ("", "1"):  # PYTHONSAFEPATH=1 (a cluster's choice): no working-dir entry, the staged package stays first
+        proc = subprocess.run([sys.executable, *ENTRYPOINT[1:], "validate", name], cwd=job, env={**env, "PYTHONSAFEPATH": safe_path},
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "submitted" in proc.stdout, (safe_path, proc.stderr)
 
 
 @pytest.mark.parametrize(

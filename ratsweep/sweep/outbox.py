@@ -239,9 +239,15 @@ class Outbox:
                 with one_try():
                     self._send(op)
             except Exception as e:  # noqa: BLE001  (MLflow raises many types; `transient` sorts them)
+                # a refused batch: one write's bad value must not take the others with it, each goes again alone
+                split = len(batch) > 1 and not transient(e)
                 with self._lock:
                     for i in batch:
-                        self.pending[i]["tried"] = True  # its run may exist now: look for it next time
+                        if not split or self.pending[i]["op"] == "start":
+                            self.pending[i]["tried"] = True  # its run may exist now: look for it next time
+                        self.pending[i]["alone"] = split
+                if split:
+                    continue
                 if transient(e):
                     if self.down_since is None:
                         self.down_since = time.monotonic()
@@ -275,20 +281,24 @@ class Outbox:
         may lie between: the order that matters is each trial's own."""
         first = self.pending[0]
         batch = [0]
-        if first["op"] not in ("start", "log"):
+        if first["op"] not in ("start", "log") or first.get("alone"):
             return batch
         metrics, params, tags = _entities(first)
+        values = {**first.get("params", {}), **(first.get("create") or {}).get("params", {})}
         for i, op in enumerate(self.pending[1:BATCH_LOOKAHEAD], start=1):
             if op["op"] == "finish_sweep":
                 break
             if op.get("trial") != first["trial"]:
                 continue
-            if op["op"] != "log":
+            if op["op"] != "log" or op.get("alone"):
                 break
             m, p, t = _entities(op)
             if (metrics + m + params + p + tags + t > MAX_BATCH_ENTITIES or params + p > MAX_BATCH_PARAMS_OR_TAGS
                     or tags + t > MAX_BATCH_PARAMS_OR_TAGS):
                 break
+            if any(values.get(k, v) != v for k, v in op.get("params", {}).items()):
+                break  # a param changing value is refused by MLflow: sent alone, it is refused alone, with its reason
+            values.update(op.get("params", {}))
             metrics, params, tags = metrics + m, params + p, tags + t
             batch.append(i)
         return batch

@@ -36,7 +36,8 @@ def check_backend(uri: str, connections: int = 0) -> None:
         raise UserError(f"--backend-store-uri: cannot connect to {redacted(uri)}: {reason(e)}") from None
     if connections > allowed:
         raise UserError(f"--db-pool: expected at most {allowed} connections in all (the database's "
-                        f"max_connections less its reserved ones), got {connections} (--workers x 2 x --db-pool); "
+                        f"max_connections less its reserved ones), got {connections} (--workers x 4 x --db-pool: each worker's "
+                        "tracking and model-registry stores keep a pool and as many more at peaks); "
                         "lower them or raise max_connections")
 
 
@@ -51,7 +52,7 @@ def serve(backend: str, artifacts: str, host: str = "127.0.0.1", port: int = 500
           allowed_hosts: str | None = None, db_pool: int = 5) -> None:
     """Check the store, print how to use the server, then become `mlflow server` (exec) with each
     worker's database pool holding `db_pool` connections (and as many more at peaks)."""
-    check_backend(backend, workers * 2 * db_pool)
+    check_backend(backend, workers * 4 * db_pool)  # per worker: two stores (runs, model registry), each pool + overflow
     shown = "127.0.0.1" if host in ("127.0.0.1", "0.0.0.0") else host
     print(f"ratsweep server: MLflow on http://{shown}:{port} (runs in {redacted(backend)}, artifacts in {artifacts}); "
           f"sweeps log to it with: ratsweep run SPACE --tracking-uri http://{shown}:{port}", flush=True)

@@ -64,15 +64,17 @@ def stage_space(space: str, package: Path) -> str:
     return name
 
 
-# `python -m` and `python -c` put the job's working dir first on sys.path, ahead of the py_modules
-# (which Ray puts ahead of the working dir on PYTHONPATH): dropping that entry makes the staged
-# package the one imported. (`python -P` does the same from Python 3.11 only.)
-ENTRYPOINT = ["python", "-c", "import sys; del sys.path[0]; from ratsweep.cli import main; main()"]
+# `python -m` and `python -c` put the job's working dir first on sys.path (as ''), ahead of the
+# py_modules (which Ray puts ahead of the working dir on PYTHONPATH): dropping that entry makes the
+# staged package the one imported. (`python -P` does the same from Python 3.11 only; under
+# PYTHONSAFEPATH there is no such entry to drop.)
+ENTRYPOINT = ["python", "-c", "import sys; sys.path.remove('') if '' in sys.path else None; from ratsweep.cli import main; main()"]
 # What ratsweep run prints as the way to continue an interrupted sweep: this command, not the job's.
 RESUME_HINT_VAR = "RATSWEEP_RESUME_COMMAND"
 # `ray job stop` sends SIGTERM, then SIGKILL after this many seconds (Ray's default: 3): time for the
-# sweep to stop its trials, save Tune's state and close its MLflow runs.
-STOP_WAIT_S = 60
+# sweep to stop its trials, save Tune's state, and send its held MLflow writes (runner.FINAL_WAIT_S
+# of retries for a slow store) and close its runs.
+STOP_WAIT_S = 120
 
 
 def submit(address: str, space: str, run_args: list[str], working_dir: str = ".", resume_command: str = "") -> str:
