@@ -115,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
             for space in spaces:
                 runner.check_data(space, args.data_dir)
         runner.check_storage(args.storage)
+        if args.resume:
+            runner.check_resumable(spaces, args.storage)
         if not args.resume:  # a resumed sweep goes on in the store it began in
             tracking.check_store(tracking.tracking_uri(args.tracking_uri))
         runner.init_ray(args.address)
@@ -156,6 +158,9 @@ def sync(args: argparse.Namespace) -> int:
         target = next(iter(sorted(Path(args.storage).glob(f"{args.target}-*/{runner.OUTBOX_FILE}"), reverse=True)), None)
         if target is None:
             raise UserError(f"{args.target}: no such file or folder, and no sweep of that name under {args.storage} holds MLflow writes")
+    elif not ((target / runner.SWEEP_FILE).is_file() if target.is_dir() else target.name == runner.OUTBOX_FILE):
+        raise UserError(f"{args.target}: expected a sweep's Tune folder (holding {runner.SWEEP_FILE}), its "
+                        f"{runner.OUTBOX_FILE}, or a sweep name")
     message = runner.sync(target, wait_s=args.wait)
     print(f"ratsweep sync: {message or 'nothing held in ' + str(target)}")
     return 1 if message.startswith("could not") else 0

@@ -142,7 +142,21 @@ def from_text(annotation, text: str, key: str):
 
 class YamlLoader(yaml.SafeLoader):
     """PyYAML's safe loader, but 1e-5 is a float (YAML 1.1 wants a dot: "1e-05" was a string), as
-    Python writes small and large floats, and as users write them in spaces and --set."""
+    Python writes small and large floats, and as users write them in spaces and --set; and a key
+    given twice in one mapping is an error (PyYAML keeps the later one silently: a grid's values lost)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *base": its keys may be overridden here
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise yaml.constructor.ConstructorError("while reading a mapping", node.start_mark,
+                                                            f"the key {key!r} is given twice", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 YamlLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}

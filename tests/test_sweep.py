@@ -516,6 +516,72 @@ def test_bad_tracking_store_is_one_line_before_ray_starts(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_a_foreign_sqlite_database_is_refused_and_left_as_it_was(tmp_path):
+    import sqlite3
+
+    (tmp_path / "space.yaml").write_text(HEADER_SUBMIT)
+    with sqlite3.connect(tmp_path / "other.db") as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    before = (tmp_path / "other.db").read_bytes()
+    for command in (["run", "space.yaml", "--smoke"], ["best", "submitted"], ["report", "submitted"]):
+        proc = ratsweep(tmp_path, *command, "--tracking-uri", "sqlite:///other.db", check=False)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "expected an MLflow SQLite store or a new file" in proc.stderr and "tables: notes" in proc.stderr, proc.stderr
+    assert (tmp_path / "other.db").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "document, expected",
+    [
+        (HEADER_SUBMIT.replace("name: submitted", "name: ../../x"), "name: expected letters, digits"),
+        (HEADER_SUBMIT.replace("name: submitted", "name: a/b"), "got 'a/b'"),
+        (HEADER_SUBMIT + "  seed: {grid: [0, 1]}\n  activation: {grid: [gelu]}\n", "the key 'activation' is given twice"),
+    ],
+)
+def test_a_name_that_is_a_path_and_a_key_given_twice_are_one_line(tmp_path, document, expected):
+    (tmp_path / "space.yaml").write_text(document)
+    proc = ratsweep(tmp_path, "validate", "space.yaml", check=False)
+    assert proc.returncode == 2 and expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_resume_with_no_earlier_sweep_and_sync_of_a_folder_that_is_no_sweep_are_one_line(tmp_path):
+    (tmp_path / "space.yaml").write_text(HEADER_SUBMIT)
+    proc = ratsweep(tmp_path, "run", "space.yaml", "--smoke", "--resume", "--storage", "typo_results", check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "--resume: expected an earlier sweep of 'submitted' under" in proc.stderr and not (tmp_path / "mlruns.db").exists()
+    (tmp_path / "notes").mkdir()
+    for target in ("notes", "space.yaml"):
+        proc = ratsweep(tmp_path, "sync", target, check=False)
+        assert proc.returncode == 2 and "expected a sweep's Tune folder" in proc.stderr, proc.stderr
+    sweep = tmp_path / "results" / "submitted-20261205-120000"
+    sweep.mkdir(parents=True)
+    (sweep / "ratsweep_sweep.json").write_text("{}")
+    (sweep / "mlflow_outbox.json").write_text('{"uri": "sqlite:///x.db", "pend')  # cut short
+    proc = ratsweep(tmp_path, "sync", str(sweep), check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "the file is damaged" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("damaged", ["tuner.pkl", "ratsweep_sweep.json"])
+def test_a_resume_that_cannot_read_its_state_is_one_line_and_reopens_no_run(tmp_path, damaged):
+    (tmp_path / "space.yaml").write_text(HEADER_SUBMIT.replace("[relu, rational]", "[relu]"))
+    ratsweep(tmp_path, "run", "space.yaml", "--smoke")
+    [sweep] = (tmp_path / "ratsweep_results").glob("submitted-*")
+    (sweep / damaged).write_bytes(b"\x80\x04garbage")
+    proc = ratsweep(tmp_path, "run", "space.yaml", "--smoke", "--resume", check=False)
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("ratsweep run:")]  # after Ray's own start-up lines
+    assert proc.returncode == 2 and len(ours) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--resume: " in ours[0] and "run without --resume to start this sweep afresh" in ours[0]
+    _, [parent] = trial_runs(mlflow_client(tmp_path), "submitted")
+    assert parent.info.status == "FINISHED"  # not flipped back to RUNNING
+
+
+def test_two_sweeps_started_in_the_same_second_get_folders_of_their_own(tmp_path):
+    from ratsweep.sweep.runner import reserve_folder
+
+    first, second = (reserve_folder(tmp_path / "results", "same", "20261205-120000") for _ in range(2))
+    assert first.name == "same-20261205-120000" and second.name == "same-20261205-120000-2" and second.is_dir()
+
+
 def test_resume_repairs_state_files_truncated_by_a_kill(tmp_path, monkeypatch):
     """Tune copies its state into storage non-atomically: a truncated copy is replaced by the
     driver's intact original, and with no original --resume refuses rather than rerun trials."""

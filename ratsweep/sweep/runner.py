@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import itertools
 import json
 import logging
 import math
@@ -22,7 +23,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from .. import config as cfg
 from .. import registry
 from . import search, tracking
-from .outbox import OUTBOX_FILE, Outbox, one_try, redacted
+from .outbox import OUTBOX_FILE, Outbox, one_try, reason, redacted
 from .space import Space, SpaceError, UserError
 from .trainable import ITERATION_KEY, checkpoint_iteration, make_trainable
 
@@ -212,6 +213,30 @@ def latest_sweep(storage: Path, name: str) -> Path | None:
     return None
 
 
+def check_resumable(spaces: list[Space], storage: str) -> None:
+    """--resume with no sweep of the file under --storage (a mistyped --storage, a first run) is one
+    line, not every trial run again; a file's sweeps that never started do start when another resumes."""
+    folder = Path(storage).expanduser().resolve()
+    if not any(latest_sweep(folder, space.name) for space in spaces):
+        names = ", ".join(repr(space.name) for space in spaces)
+        raise UserError(f"--resume: expected an earlier sweep of {names} under {folder}, found none; "
+                        "check --storage, or run without --resume to start afresh")
+
+
+def reserve_folder(storage: Path, name: str, stamp: str) -> Path:
+    """The new sweep's Tune folder, NAME-STAMP, or NAME-STAMP-2, -3, ... when a sweep of that name
+    started in the same second: created here, so two sweeps never share one."""
+    storage.mkdir(parents=True, exist_ok=True)
+    for attempt in itertools.count(1):
+        path = storage / (f"{name}-{stamp}" if attempt == 1 else f"{name}-{stamp}-{attempt}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
 def _intact(path: Path) -> bool:
     """Tune's state files are JSON or cloudpickle; a truncated copy is neither."""
     from ray import cloudpickle  # noqa: PLC0415
@@ -305,10 +330,20 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
     trainable = make_trainable(space, options.smoke, options.data_dir, options.flush_denormal)
     previous = latest_sweep(storage, space.name) if options.resume else None
     if previous is not None:
-        marker = json.loads((previous / SWEEP_FILE).read_text())
-        parent, uri = marker["parent_run_id"], marker["tracking_uri"]  # the store the sweep began in
+        # every state file read before MLflow is touched: a resume that cannot go on reopens no run
+        try:
+            marker = json.loads((previous / SWEEP_FILE).read_text())
+            parent, uri = marker["parent_run_id"], marker["tracking_uri"]  # the store the sweep began in
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"--resume: {previous / SWEEP_FILE} is damaged ({type(e).__name__}: {str(e)[:200]}); "
+                            "run without --resume to start this sweep afresh") from None
         repaired = repair_tune_state(previous)
         repointed = repoint_lost_checkpoints(previous)
+        try:
+            tuner = tune.Tuner.restore(str(previous), trainable, resume_unfinished=True, resume_errored=True)
+        except Exception as e:  # noqa: BLE001  (unpickling raises anything)
+            raise UserError(f"--resume: Tune cannot read its state in {previous} ({type(e).__name__}: {reason(e)}); "
+                            "run without --resume to start this sweep afresh") from None
         held = sync(previous)  # writes an earlier run of this sweep could not send
         if held:
             print(f"ratsweep: {held}", flush=True)
@@ -318,17 +353,15 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
               + (f"; restored {', '.join(repaired)} from the driver's copy" if repaired else "")
               + (f"; trials whose recorded checkpoint was already replaced resume from its replacement: {', '.join(repointed)}"
                  if repointed else ""), flush=True)
-        tuner = tune.Tuner.restore(str(previous), trainable, resume_unfinished=True, resume_errored=True)
         path = previous
     else:
-        if options.resume:
-            print(f"ratsweep: nothing to resume for {space.name!r} under {storage}; starting afresh", flush=True)
-        sweep_id = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        path = storage / sweep_id
+        if options.resume:  # another sweep of the file resumes (check_resumable): this one never started
+            print(f"ratsweep: nothing to resume for {space.name!r} under {storage}; starting it", flush=True)
+        path = reserve_folder(storage, space.name, time.strftime("%Y%m%d-%H%M%S"))
+        sweep_id = path.name
         client = tracking.client(uri)
         experiment_id = tracking.ensure_experiment(client, space.name, uri, space)
         parent = tracking.start_sweep_run(client, experiment_id, space, sweep_id, options.smoke)
-        path.mkdir(parents=True, exist_ok=True)
         tuner = _new_tuner(space, options, trainable, storage, sweep_id, tracking.MlflowTracking(uri, experiment_id, parent, space, path))
         (path / SWEEP_FILE).write_text(json.dumps({"parent_run_id": parent, "experiment_id": experiment_id, "tracking_uri": uri,
                                                    "space": space.path}))
@@ -377,7 +410,11 @@ def sync(target: Path | str, wait_s: float = 10.0) -> str:
     file = file / OUTBOX_FILE if file.is_dir() else file
     if not file.exists():
         return ""
-    outbox = Outbox.load(file)
+    try:
+        outbox = Outbox.load(file)
+    except (ValueError, KeyError, TypeError) as e:  # cut short or edited: JSON, or not the outbox's
+        raise UserError(f"{file}: expected the MLflow writes a sweep held, the file is damaged ({type(e).__name__}: "
+                        f"{str(e)[:200]}); move it aside to go on without them") from None
     before = outbox.unsent()
     if outbox.flush(wait_s=wait_s) and not outbox.refused:
         return f"sent the held MLflow writes ({before}) to {redacted(outbox.uri)}"

@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import math
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +245,9 @@ class _Errors:
             raise SpaceError("\n".join(dict.fromkeys(self.lines)))
 
 
+SWEEP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")  # a folder name under --storage: no separators, no '..'
+
+
 def _parse(path: Path, doc, overrides: dict[str, Any], smoke: bool = False) -> Space:
     """One document as a Space; SpaceError with every mistake found, one line each."""
     errors = _Errors()
@@ -261,8 +265,9 @@ def _parse(path: Path, doc, overrides: dict[str, Any], smoke: bool = False) -> S
             if key not in doc:
                 _fail(path, key, "missing; every search space names its sweep, experiment and metric")
     with errors.check():
-        if "name" in doc and (not isinstance(doc["name"], str) or not doc["name"].strip()):
-            _fail(path, "name", f"expected a non-empty string (the MLflow experiment name), got {doc['name']!r}")
+        if "name" in doc and not (isinstance(doc["name"], str) and SWEEP_NAME.fullmatch(doc["name"])):
+            _fail(path, "name", "expected letters, digits, '_', '-' and '.' (at most 100, not starting with '.'): it names the "
+                  f"sweep's results folder and MLflow experiment; got {doc['name']!r}")
     experiment = None
     with errors.check():
         if "experiment" in doc:

@@ -8,11 +8,13 @@ its run instead of opening a second one.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import math
 import os
 import shlex
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -70,6 +72,24 @@ def _probe(uri: str) -> None:
         raise UserError(f"--tracking-uri: cannot use MLflow store {redacted(uri)!r}: {reason(e).replace(uri, redacted(uri))}") from None
 
 
+def check_not_foreign(uri: str) -> None:
+    """MLflow adds its tables to any SQLite file it is pointed at: refuse one that holds other tables
+    and none of MLflow's (someone else's database, a mistyped path)."""
+    db = sqlite_file(uri)
+    if db is None or not db.is_file() or db.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as e:
+        raise UserError(f"--tracking-uri: {uri}: expected an MLflow SQLite store or a new file, {db} is not a SQLite "
+                        f"database ({e})") from None
+    if tables and "experiments" not in tables:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise UserError(f"--tracking-uri: {uri}: expected an MLflow SQLite store or a new file, {db} is another "
+                        f"database (tables: {shown}); MLflow would add its tables to it")
+
+
 def check_store(uri: str) -> None:
     """Fail in one line, before Ray starts, if the tracking store cannot be written."""
     db = sqlite_file(uri)
@@ -81,6 +101,7 @@ def check_store(uri: str) -> None:
             return  # MLflow creates it at the first write
         if not (db.is_file() and os.access(db, os.W_OK)):
             raise UserError(f"--tracking-uri: {uri}: expected a writable SQLite file, {db} is not one")
+        check_not_foreign(uri)
     _probe(uri)
 
 
@@ -90,6 +111,7 @@ def reader(uri: str) -> MlflowClient:
     if db is not None and not db.is_file():
         raise UserError(f"--tracking-uri: no MLflow database at {db} (no sweep has run here; "
                         "pass --tracking-uri or set MLFLOW_TRACKING_URI)")
+    check_not_foreign(uri)
     _probe(uri)
     return client(uri)
 
