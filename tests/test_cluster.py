@@ -95,8 +95,8 @@ config: {config}
 search_space:
   seed: {{grid: [0, 1, 2, 3]}}
 """
-# long enough (seconds) that two trials run at once, one on each node
-APPROX = {"experiment": "approx", "metric": "max_abs_err", "config": "{steps: 4000, report_every: 1000, param_budget: 50}"}
+# long enough (several seconds each) that a second actor starts on the other node before one actor has run them all
+APPROX = {"experiment": "approx", "metric": "max_abs_err", "config": "{steps: 16000, report_every: 4000, param_budget: 50}"}
 
 
 def on_both_nodes(client: MlflowClient, name: str) -> None:
@@ -114,7 +114,7 @@ def plugin_project(tmp_path: Path) -> tuple[Path, dict]:
     """A project folder holding the source of the plugin whose experiment it sweeps."""
     project = tmp_path / "plugin-project"
     shutil.copytree(PLUGIN, project, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    return project, {"experiment": "toy", "metric": "mse", "config": "{steps: 3000}"}
+    return project, {"experiment": "toy", "metric": "mse", "config": "{steps: 12000}"}
 
 
 def foreign_ratsweep(tmp_path: Path) -> tuple[Path, dict]:
