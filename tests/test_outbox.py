@@ -126,3 +126,40 @@ def test_a_param_changing_value_is_not_hidden_by_coalescing(outbox):
     run = outbox.client.get_run(outbox.runs["a"])
     assert run.data.params == {"lr": "0.1", "width": "4"}
     assert [m.step for m in outbox.client.get_metric_history(run.info.run_id, "loss")] == [1, 3]
+
+
+def test_a_sender_still_sending_when_the_sweep_ends_sends_nothing_twice(outbox, monkeypatch):
+    """stop_senders gives a sender with a long backlog timeout_s, then stops it after its write in
+    flight: what the driver then sends from the file was never sent by the thread too."""
+    import time
+
+    from ratsweep.sweep.outbox import Outbox as OutboxClass
+
+    real_send = OutboxClass._send
+    monkeypatch.setattr(OutboxClass, "_send", lambda self, op: (time.sleep(0.05), real_send(self, op))[1])
+    outbox.background = True
+    outbox.put(start("a", {}, outbox.parent_run_id))
+    for step in range(1, 41):  # each alone: a batch would send them all at once
+        outbox.put(log("a", step, alone=True))
+    OutboxClass.stop_senders(timeout_s=0.3)
+    assert outbox._sender is None and outbox.pending  # stopped part way through the backlog
+    assert OutboxClass.load(outbox.path).flush()  # as the driver's finishing outbox sends the rest
+    run_id = outbox.runs["a"]
+    assert sorted(m.step for m in outbox.client.get_metric_history(run_id, "loss")) == list(range(1, 41))
+
+
+def test_a_restored_outbox_keeps_the_writes_its_file_held(outbox):
+    """On --resume the callback's outbox comes from the Tuner's pickle, taken as the sweep began; the
+    writes held in the file (sync could not send them) stay queued, ahead of the new ones."""
+    import pickle
+
+    pickled = pickle.dumps(outbox)
+    held = [start("a", {"lr": "0.1"}, outbox.parent_run_id), log("a", 1), log("a", 2)]
+    outbox.pending = list(held)
+    outbox.save()  # as the interrupted sweep left it
+    restored = pickle.loads(pickled)
+    restored.put(log("a", 3))  # sends what waits, in order
+    assert not restored.pending and not restored.refused and not restored.path.exists()
+    run_id = restored.runs["a"]
+    assert [m.step for m in restored.client.get_metric_history(run_id, "loss")] == [1, 2, 3]
+    assert restored.client.get_run(run_id).data.params == {"lr": "0.1"}

@@ -134,6 +134,7 @@ class Outbox:
         self.runs: dict[str, str] = {}  # trial id -> run id
         self.artifact_uris: dict[str, str] = {}  # run id -> its artifact URI, where this process learnt it (saves a read per upload)
         self.fresh = True  # a new sweep's: no run of its trials exists yet unless this outbox made it
+        self.adopt_file = False  # restored with the Tuner: see __setstate__
         self.retry_at, self.backoff = 0.0, 1.0
         self.down_since: float | None = None
         self._client: MlflowClient | None = None
@@ -141,17 +142,20 @@ class Outbox:
 
     def _init_threading(self) -> None:
         self._lock, self._wake, self._stop = threading.Lock(), threading.Event(), threading.Event()
+        self._halt = threading.Event()  # set by stop_senders: send nothing more, not even what waits
         self._sender: threading.Thread | None = None
 
     def __getstate__(self):  # pickled with the Tuner (restore): no live client, lock or thread
         with self._lock:
             state = {**self.__dict__, "pending": list(self.pending), "refused": list(self.refused), "runs": dict(self.runs)}
-        for key in ("_client", "_lock", "_wake", "_stop", "_sender"):
+        for key in ("_client", "_lock", "_wake", "_stop", "_halt", "_sender"):
             state.pop(key)
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update({"artifact_uris": {}, **state}, _client=None, fresh=False)  # restored: runs may exist already
+        # restored (--resume): runs may exist already, and what was held is in the file, not in the
+        # pickled copy (Tune pickled it as the sweep began): the first put takes the file's writes over
+        self.__dict__.update({"artifact_uris": {}, **state}, _client=None, fresh=False, pending=[], refused=[], adopt_file=True)
         self._init_threading()
 
     @property
@@ -166,6 +170,8 @@ class Outbox:
         """Queue one operation ({"op": kind, "trial": id, ...}; see _send) and send what waits: now,
         or (background) wake the sender thread. Either way the file holds it before this returns."""
         started = time.perf_counter()
+        if self.adopt_file:
+            self._adopt_file()
         with self._lock:
             self.pending.append(op)
         if self.background:
@@ -180,6 +186,16 @@ class Outbox:
         with Outbox._clock:
             Outbox.waited_s += time.perf_counter() - started
 
+    def _adopt_file(self) -> None:
+        """A restored outbox goes on from its file: the writes held there (which `sync` could not send
+        before the resume) stay queued ahead of the new ones, and are never saved over."""
+        self.adopt_file = False
+        if self.path is None or not self.path.exists():
+            return
+        held = Outbox.load(self.path)
+        with self._lock:
+            self.pending[:0], self.runs = held.pending, {**held.runs, **self.runs}
+
     def _send_forever(self) -> None:
         while True:
             self._stop.wait(LINGER_S)  # let more writes gather (stop_senders ends the wait)
@@ -193,17 +209,22 @@ class Outbox:
     @classmethod
     def stop_senders(cls, timeout_s: float = 60) -> None:
         """End every sender thread after one more try at what waits (now, whatever its backoff); what
-        is unsent stays pending, and in the file, for a flush by the caller."""
+        is unsent stays pending, and in the file, for a flush by the caller. A sender still sending a
+        backlog after `timeout_s` stops after its write in flight (each has a timeout): when this
+        returns no sender is left to send what the caller will send from the file."""
         started = time.perf_counter()
         while cls._background:
             outbox = cls._background.pop()
             outbox.retry_at = 0.0
             outbox._stop.set()
             outbox._wake.set()
-            outbox._sender.join(timeout_s)  # longer than one write's timeout
-            if not outbox._sender.is_alive():
-                outbox._sender = None
-                outbox._stop.clear()
+            outbox._sender.join(timeout_s)
+            if outbox._sender.is_alive():
+                outbox._halt.set()
+                outbox._sender.join()
+            outbox._sender = None
+            outbox._stop.clear()
+            outbox._halt.clear()
             outbox.save()
         with cls._clock:
             cls.waited_s += time.perf_counter() - started
@@ -222,7 +243,7 @@ class Outbox:
         """Send pending operations in order until one cannot be sent now; keep trying for up to
         `wait_s` seconds (backing off). True when nothing is pending."""
         deadline = time.monotonic() + wait_s
-        while True:
+        while not self._halt.is_set():
             with self._lock:
                 if not self.pending:
                     break
