@@ -140,10 +140,39 @@ def from_text(annotation, text: str, key: str):
     return read
 
 
+# A document may repeat itself through aliases (*base), but not grow past this many values once
+# expanded: nested anchors double or decuple at each level, and checking or printing the expansion
+# would take every byte of memory.
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_values(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values the node stands for with every alias expanded (each node counted once, by id)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise yaml.constructor.ConstructorError(None, None, "an alias refers to a value that contains it", node.start_mark)
+    open_nodes.add(key)
+    children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+        node.value if isinstance(node, yaml.SequenceNode) else []
+    sizes[key] = 1 + sum(_expanded_values(child, sizes, open_nodes) for child in children)
+    open_nodes.discard(key)
+    return sizes[key]
+
+
 class YamlLoader(yaml.SafeLoader):
     """PyYAML's safe loader, but 1e-5 is a float (YAML 1.1 wants a dot: "1e-05" was a string), as
-    Python writes small and large floats, and as users write them in spaces and --set; and a key
-    given twice in one mapping is an error (PyYAML keeps the later one silently: a grid's values lost)."""
+    Python writes small and large floats, and as users write them in spaces and --set; a key
+    given twice in one mapping is an error (PyYAML keeps the later one silently: a grid's values
+    lost); and a document that expands to more than MAX_YAML_VALUES values is refused."""
+
+    def construct_document(self, node):
+        if _expanded_values(node, {}, set()) > MAX_YAML_VALUES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"expected at most {MAX_YAML_VALUES:,} values once its aliases (*name) are expanded; "
+                "this document holds more (nested anchors)", node.start_mark)
+        return super().construct_document(node)
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):

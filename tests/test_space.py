@@ -13,6 +13,9 @@ from ratsweep.sweep import search
 from ratsweep.sweep.space import bundled, load
 
 HEADER = "name: t\nexperiment: approx\nmetric: {name: mse, mode: min}\n"
+# nested anchors: 10^9 values once expanded, a few hundred bytes written
+ALIAS_BOMB = "x: &a0 [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]\n" + "".join(
+    f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9)) + "search_space:\n  activation: {grid: *a8}\n"
 
 
 def write(tmp_path, text: str, name: str = "space.yaml"):
@@ -64,6 +67,11 @@ def validate(path, capsys) -> tuple[int, str]:
         (HEADER + "report: {curve: accuracy}\n", "report.curve", "one of mse, max_abs_err"),
         (HEADER + "report: {percent: 100}\n", "report.percent", "true or false"),
         ("name: t\nexperiment: [approx\n", "not valid YAML", "line"),
+        (HEADER + ALIAS_BOMB, "not valid YAML", "expected at most 100,000 values once its aliases"),
+        (HEADER + "x: &self [1, *self]\n", "not valid YAML", "an alias refers to a value that contains it"),
+        (HEADER + "config: {seed: 99999999999999999999}\n", "config.seed", "an integer from 0 to 4294967295"),
+        (HEADER + "search_space:\n  seed: {grid: [0, -1]}\n", "search_space.seed.grid", "an integer from 0 to 4294967295"),
+        (HEADER + "search_space:\n  seed: {randint: [0, 10000000000]}\n", "search_space.seed.randint", "from 0 to 4294967295"),
         (HEADER + "search_space:\n  - {activation: {grid: [relu]}, seed: 0}\n  - {activation: rational, depth: 3}\n",
          "search_space[1]", "missing seed; extra depth"),
         (HEADER + "search_space:\n  - {activation: relu}\n  - {activation: {grid: [gelo]}}\n", "search_space[1].activation.grid", "did you mean 'gelu'"),

@@ -26,6 +26,7 @@ from .common import (
     Session,
     activation_factory,
     check_finite,
+    check_seed,
     checkpoint,
     evaluating,
     num_params,
@@ -66,6 +67,7 @@ class ApproxConfig:
     seed: int = 0  # model init and the sampled points
 
     def __post_init__(self):
+        check_seed(self.seed)
         self.rational.default_lr_mult(1.0)
         check(self.depth >= 1, "depth", "an integer >= 1", self.depth)
         check(self.param_budget >= 1, "param_budget", "an integer >= 1", self.param_budget)

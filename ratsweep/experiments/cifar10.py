@@ -38,6 +38,7 @@ from .common import (
     activation_factory,
     check_finite,
     check_model,
+    check_seed,
     checkpoint,
     evaluate_classifier,
     evaluating,
@@ -107,6 +108,7 @@ class Cifar10Config:
     amp: bool = False  # bf16 autocast on CUDA, a speed option; the paper ran fp32 (CPU runs stay fp32)
 
     def __post_init__(self):
+        check_seed(self.seed)
         self.rational.default_lr_mult(RECIPES[self.recipe].rational_lr_mult)
         check_model(self.model, FAMILY)
         check(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)

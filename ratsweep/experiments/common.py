@@ -137,6 +137,14 @@ def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+MAX_SEED = 2**32 - 1  # numpy's global RNG (seed_everything) takes no larger seed, nor a negative one
+
+
+def check_seed(seed: int) -> None:
+    """For the experiment config's __post_init__: a seed every RNG a trial seeds accepts."""
+    check(0 <= seed <= MAX_SEED, "seed", f"an integer from 0 to {MAX_SEED}", seed)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed torch's and numpy's global RNGs (numpy: timm's mixup draws from it); returns the data RNG."""
     torch.manual_seed(seed)

@@ -25,6 +25,7 @@ from .common import (
     activation_factory,
     check_finite,
     check_model,
+    check_seed,
     checkpoint,
     evaluating,
     num_params,
@@ -55,6 +56,7 @@ class DigitsConfig:
     seed: int = 0  # model init and batch order (not the split)
 
     def __post_init__(self):
+        check_seed(self.seed)
         self.rational.default_lr_mult(1.0)
         check_model(self.model, FAMILY)
         check(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)

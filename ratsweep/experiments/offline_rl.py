@@ -37,6 +37,7 @@ from .common import (
     RationalInit,
     Session,
     check_finite,
+    check_seed,
     checkpoint,
     evaluating,
     file_lock,
@@ -95,6 +96,7 @@ class OfflineRLConfig:
     seed: int = 0  # networks, batches, evaluation episodes
 
     def __post_init__(self):
+        check_seed(self.seed)
         self.rational.default_lr_mult(1.0)
         check(self.updates >= 1, "updates", "an integer >= 1", self.updates)
         check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)

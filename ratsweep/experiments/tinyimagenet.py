@@ -43,6 +43,7 @@ from .common import (
     activation_factory,
     check_finite,
     check_model,
+    check_seed,
     checkpoint,
     evaluate_classifier,
     evaluating,
@@ -118,6 +119,7 @@ class TinyImageNetConfig:
     seed: int = 1
 
     def __post_init__(self):
+        check_seed(self.seed)
         check_model(self.model, FAMILY)
         self.rational.default_lr_mult(RATIONAL_LR_MULT.get(self.model, OTHER_LR_MULT))
         if self.lr is None:
