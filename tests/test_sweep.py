@@ -516,6 +516,25 @@ def test_bad_tracking_store_is_one_line_before_ray_starts(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("kind", ["nothing listening", "not a Ray head", "ray://", "dashboard URL"])
+def test_run_address_that_is_no_ray_head_is_one_line_within_seconds(tmp_path, kind):
+    import socket
+    import threading
+
+    (tmp_path / "space.yaml").write_text(HEADER_SUBMIT)
+    port = free_port()
+    if kind == "not a Ray head":  # a web server, as a dashboard's port answers
+        server = socket.create_server(("127.0.0.1", port))
+        threading.Thread(target=lambda: server.accept()[0].sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n"), daemon=True).start()
+    address = {"ray://": f"ray://127.0.0.1:{port}", "dashboard URL": f"http://127.0.0.1:{port}"}.get(kind, f"127.0.0.1:{port}")
+    expected = {"nothing listening": "no Ray head answers at", "not a Ray head": "answers, but not as a Ray head's GCS port",
+                "ray://": "Ray Client (ray://) is not supported", "dashboard URL": "is for ratsweep submit"}[kind]
+    started = time.monotonic()
+    proc = ratsweep(tmp_path, "run", "space.yaml", "--smoke", "--address", address, check=False, timeout=60)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, proc.stderr
+    assert time.monotonic() - started < 30 and not (tmp_path / "mlruns.db").exists()
+
+
 def test_a_foreign_sqlite_database_is_refused_and_left_as_it_was(tmp_path):
     import sqlite3
 

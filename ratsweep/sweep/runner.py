@@ -12,6 +12,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,9 +126,39 @@ class _VanishedTempFile(logging.Filter):
         return not (message.startswith("Last sync command failed") and "FileNotFoundError" in message and "-tmp-" in message)
 
 
+ADDRESS_TIMEOUT_S = 5  # for a Ray head to answer --address (ray.init would retry a dead one for ever)
+# A gRPC server (as a Ray head's GCS is) answers HTTP/2's client preface with a SETTINGS frame (type 4).
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def check_address(address: str | None) -> None:
+    """--address is a running Ray head's GCS address (HOST:PORT, as `ray start --head` prints it) or
+    auto: checked within ADDRESS_TIMEOUT_S, or one line."""
+    if address is None or address in ("auto", "local"):
+        return
+    if address.startswith("ray://"):  # Tune would run on the head, writing there to this machine's paths
+        raise UserError(f"--address: {address}: Ray Client (ray://) is not supported; send the sweep to the cluster "
+                        "with `ratsweep submit --address http://HEAD:8265`, or run on a node with --address HEAD:6379")
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not (sep and host and port.isdigit()):
+        raise UserError(f"--address: expected a Ray head's HOST:PORT as `ray start --head` prints it (e.g. 10.0.0.5:6379), "
+                        f"or auto, got {address!r}" + ("; a dashboard's http:// address is for ratsweep submit" if "://" in address else ""))
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S) as connection:
+            connection.sendall(HTTP2_PREFACE)
+            reply = connection.recv(9)
+    except OSError as e:
+        raise UserError(f"--address: no Ray head answers at {address} ({e.strerror or e}); start one there with "
+                        "`ray start --head`, or leave out --address for a local Ray") from None
+    if len(reply) < 4 or reply[3] != 4:
+        raise UserError(f"--address: {address} answers, but not as a Ray head's GCS port (`ray start --head` prints "
+                        "it, port 6379 by default; a dashboard, port 8265, is for ratsweep submit)")
+
+
 def init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
+    check_address(address)
     # Each point of a random/grid search holds None for the keys that do not apply (search.py);
     # Tune warns once per trial and key that None is not among the domain's values.
     logging.getLogger("ray.tune.search.variant_generator").addFilter(_NotAppliedWarning())
@@ -141,7 +172,10 @@ def init_ray(address: str | None) -> None:
     # progress.csv are, by the callbacks _new_tuner adds).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     logging.getLogger("ray.train._internal.syncer").addFilter(_VanishedTempFile())
-    ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    except ConnectionError as e:  # --address auto with no Ray running here
+        raise UserError(f"--address: {address}: {reason(e)}") from None
 
 
 def in_ray_job() -> bool:
