@@ -179,6 +179,17 @@ def test_gpu_request_on_a_cluster_without_gpus_starts_nothing(tmp_path):
     assert not (tmp_path / "mlruns.db").exists()
 
 
+def test_smoke_says_which_resources_the_real_run_would_be_refused(tmp_path):
+    (tmp_path / "big.yaml").write_text("name: big\nexperiment: approx\nmetric: {name: mse, mode: min}\n"
+                                       "resources: {cpu: 64, gpu: 1}\n")
+    proc = ratsweep(tmp_path, "run", "big.yaml", "--smoke", env={"CUDA_VISIBLE_DEVICES": ""})  # runs: 1 CPU, no GPU
+    assert "big: 1 finished" in proc.stdout
+    said = [line for line in proc.stdout.splitlines() if line.startswith("ratsweep: --smoke: ")]
+    assert len(said) == 2 and "resources.cpu: expected at most" in said[0] and "got 64" in said[0], proc.stdout
+    assert "resources.gpu: expected 0 (this cluster has no GPU), got 1" in said[1]
+    assert all(line.endswith("a run without --smoke is refused here") for line in said)
+
+
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory) -> dict:
     """The environment of a ratsweep that has the test plugin installed (into a folder on PYTHONPATH)."""

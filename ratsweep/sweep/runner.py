@@ -188,19 +188,25 @@ def in_ray_job() -> bool:
 
 def check_cluster(space: Space, smoke: bool = False) -> None:
     """Resources the cluster cannot give would leave trials pending forever: refuse up front.
-    A smoke run is the exception: it shrinks trials to run anywhere, so without a GPU its trials
-    run on CPU, and each takes one CPU."""
+    A smoke run shrinks trials to run anywhere: each takes one CPU, and on CPU where the cluster has
+    no GPU; what the real run asks for is still checked, and what it would be refused is said."""
     available = ray.cluster_resources()
-    if smoke:
-        space.resources["cpu"] = min(space.resources["cpu"], 1.0)
-    if smoke and space.resources["gpu"] > available.get("GPU", 0.0):
-        print(f"ratsweep: {space.name}: --smoke on a cluster without GPUs: trials run on CPU", flush=True)
-        space.resources["gpu"] = 0.0
+    refusals = []
     for name, key in (("cpu", "CPU"), ("gpu", "GPU")):
         need, have = space.resources[name], available.get(key, 0.0)
         if need > have:
             what = f"at most {have:g} (this cluster has {have:g} {key}s)" if have else f"0 (this cluster has no {key})"
-            raise SpaceError(f"{space.path}: resources.{name}: expected {what}, got {need:g}")
+            refusals.append(f"{space.path}: resources.{name}: expected {what}, got {need:g}")
+    if not smoke:
+        if refusals:
+            raise SpaceError(refusals[0])
+        return
+    for refusal in refusals:
+        print(f"ratsweep: --smoke: {refusal}; a run without --smoke is refused here", flush=True)
+    space.resources["cpu"] = min(space.resources["cpu"], 1.0)
+    if space.resources["gpu"] > 0 and not available.get("GPU"):
+        print(f"ratsweep: {space.name}: --smoke on a cluster without GPUs: trials run on CPU", flush=True)
+    space.resources["gpu"] = min(space.resources["gpu"], available.get("GPU", 0.0))
 
 
 def check_storage(storage: str) -> None:
