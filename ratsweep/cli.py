@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
                 runner.check_data(space, args.data_dir)
         runner.check_storage(args.storage)
         if args.resume:
-            runner.check_resumable(spaces, args.storage)
+            runner.check_resumable(spaces, args.storage, args.smoke)
         if not args.resume:  # a resumed sweep goes on in the store it began in
             tracking.check_store(tracking.tracking_uri(args.tracking_uri))
         runner.init_ray(args.address)

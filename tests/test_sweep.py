@@ -605,6 +605,24 @@ def test_a_resume_that_cannot_read_its_state_is_one_line_and_reopens_no_run(tmp_
     assert parent.info.status == "FINISHED"  # not flipped back to RUNNING
 
 
+def test_resume_after_the_space_changed_is_one_line_and_changes_nothing(tmp_path):
+    (tmp_path / "space.yaml").write_text(HEADER_SUBMIT.replace("[relu, rational]", "[relu]"))
+    ratsweep(tmp_path, "run", "space.yaml", "--smoke")
+    [sweep] = (tmp_path / "ratsweep_results").glob("submitted-*")
+    before = sorted((p.relative_to(sweep), p.stat().st_mtime_ns) for p in sweep.rglob("*"))
+    (tmp_path / "space.yaml").write_text(HEADER_SUBMIT)  # a grid value added
+    for extra, changed in ((["--smoke"], "search_space.activation"),  # not smoke, another steps: those too
+                           (["--set", "steps=5"], "config.report_every, config.steps, search_space.activation, smoke")):
+        proc = ratsweep(tmp_path, "run", "space.yaml", "--resume", *extra, check=False)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert f"submitted is not the sweep that began in {sweep} (changed since: {changed})" in proc.stderr, proc.stderr
+    assert sorted((p.relative_to(sweep), p.stat().st_mtime_ns) for p in sweep.rglob("*")) == before
+    runs, [parent] = trial_runs(mlflow_client(tmp_path), "submitted")
+    assert parent.info.status == "FINISHED" and len(runs) == 1
+    (tmp_path / "space.yaml").write_text(HEADER_SUBMIT.replace("[relu, rational]", "[relu]") + "report: {rows: [activation]}\n")
+    assert "resuming" in ratsweep(tmp_path, "run", "space.yaml", "--smoke", "--resume").stdout  # the layout may change
+
+
 def test_two_sweeps_started_in_the_same_second_get_folders_of_their_own(tmp_path):
     from ratsweep.sweep.runner import reserve_folder
 

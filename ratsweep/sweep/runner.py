@@ -253,14 +253,44 @@ def latest_sweep(storage: Path, name: str) -> Path | None:
     return None
 
 
-def check_resumable(spaces: list[Space], storage: str) -> None:
+def check_resumable(spaces: list[Space], storage: str, smoke: bool) -> None:
     """--resume with no sweep of the file under --storage (a mistyped --storage, a first run) is one
-    line, not every trial run again; a file's sweeps that never started do start when another resumes."""
+    line, not every trial run again; a file's sweeps that never started do start when another
+    resumes. A sweep whose space changed since it began (or --smoke, or --set) is refused: Tune
+    would go on with the old search, silently, and the new fixed config would apply to only some trials."""
     folder = Path(storage).expanduser().resolve()
-    if not any(latest_sweep(folder, space.name) for space in spaces):
+    previous = {space.name: latest_sweep(folder, space.name) for space in spaces}
+    if not any(previous.values()):
         names = ", ".join(repr(space.name) for space in spaces)
         raise UserError(f"--resume: expected an earlier sweep of {names} under {folder}, found none; "
                         "check --storage, or run without --resume to start afresh")
+    for space in spaces:
+        try:
+            marker = json.loads((previous[space.name] / SWEEP_FILE).read_text()) if previous[space.name] else {}
+            began = {**marker["definition"], "smoke": marker["smoke"]}
+        except (ValueError, KeyError, TypeError):  # a sweep of an earlier ratsweep, or a damaged file (run_sweep says so)
+            continue
+        changed = _changes(began, {**space.definition(), "smoke": smoke})
+        if changed:
+            raise UserError(f"--resume: {space.path}: {space.name} is not the sweep that began in {previous[space.name]} "
+                            f"(changed since: {', '.join(changed)}); a resumed sweep goes on as it began: put the file "
+                            "(and --set, --smoke) back as they were, or run without --resume to start a new sweep")
+
+
+def _changes(began: dict, now: dict) -> list[str]:
+    """The keys whose values differ, as a space file names them (config.steps, search_space.activation)."""
+    out = []
+    for key in sorted(began.keys() | now.keys()):
+        old, new = began.get(key), now.get(key)
+        if key == "search_space" and len(old or ()) == len(new or ()) == 1:  # not a union: compare its keys
+            old, new = old[0], new[0]
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += [f"{key}.{k}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+        else:
+            out.append(key)
+    return out
 
 
 def reserve_folder(storage: Path, name: str, stamp: str) -> Path:
@@ -404,7 +434,7 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
         parent = tracking.start_sweep_run(client, experiment_id, space, sweep_id, options.smoke)
         tuner = _new_tuner(space, options, trainable, storage, sweep_id, tracking.MlflowTracking(uri, experiment_id, parent, space, path))
         (path / SWEEP_FILE).write_text(json.dumps({"parent_run_id": parent, "experiment_id": experiment_id, "tracking_uri": uri,
-                                                   "space": space.path}))
+                                                   "space": space.path, "definition": space.definition(), "smoke": options.smoke}))
     tune_log = logging.getLogger("ray.tune.tune")
     hint = _NoRestoreHint()
     tune_log.addFilter(hint)

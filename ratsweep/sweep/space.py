@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
 import random
 import re
@@ -97,6 +98,16 @@ class Space:
     parts: list[dict[str, Domain]] = field(default_factory=list)  # a union's spaces (search_space: a list)
     report: dict[str, Any] = field(default_factory=dict)  # `ratsweep report`'s default layout (REPORT_KEYS)
     document: dict[str, Any] = field(default_factory=dict)  # as written, for the MLflow artifact
+
+    def definition(self) -> dict[str, Any]:
+        """What a resumed sweep keeps from its start (Tune restores its search, scheduler and failure
+        settings; the trials' fixed config comes from the file): as JSON reads it back, to compare
+        with the file at --resume. Resources may change (another cluster), and the report layout."""
+        definition = {"experiment": self.experiment, "metric": self.metric, "mode": self.mode, "num_samples": self.num_samples,
+                      "scheduler": self.scheduler, "search_alg": self.search_alg, "max_failures": self.max_failures,
+                      "config": self.config, "search_space": [{k: [d.kind, d.values] for k, d in part.items()}
+                                                              for part in self.parts or [self.search_space]]}
+        return json.loads(json.dumps(definition, default=list))
 
     @property
     def config_class(self) -> type:
