@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -307,6 +308,10 @@ def wait_until_finished(client, cwd: Path, name: str, count: int, driver: subpro
     pytest.fail(f"the sweep did not finish {count} trials in time")
 
 
+def finished_runs(client, name: str) -> list:
+    return [r for r in trial_runs(client, name)[0] if r.info.status == "FINISHED"]
+
+
 def test_resume_after_killing_the_driver(tmp_path):
     (tmp_path / "slow.yaml").write_text(SLOW_SPACE.format(name="resumable"))
     args = [sys.executable, "-m", "ratsweep", "run", "slow.yaml", "--max-concurrent", "1"]
@@ -409,11 +414,11 @@ def test_resume_when_the_state_names_a_checkpoint_already_replaced(tmp_path):
     assert (last["training_iteration"], last["iterations_since_restore"]) == (30, 30 - iteration)  # went on from it
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupt_stops_the_invocation_closes_its_runs_and_says_how_to_resume(tmp_path, sig):
+@pytest.mark.parametrize("sig, limit", [(signal.SIGINT, ["--max-concurrent", "1"]), (signal.SIGTERM, [])])
+def test_an_interrupt_stops_the_invocation_closes_its_runs_and_says_how_to_resume(tmp_path, sig, limit):
     next_sweep = "name: never_reached\nexperiment: approx\nmetric: {name: mse, mode: min}\n"
     (tmp_path / "slow.yaml").write_text(SLOW_SPACE.format(name="interrupted") + "---\n" + next_sweep)
-    args = [sys.executable, "-m", "ratsweep", "run", "slow.yaml", "--max-concurrent", "1"]
+    args = [sys.executable, "-m", "ratsweep", "run", "slow.yaml", *limit]  # no limit: Tune creates trials it cannot start yet
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
         driver = subprocess.Popen(args, cwd=tmp_path, stdout=out, stderr=err, start_new_session=True)
     client = mlflow_client(tmp_path)
@@ -427,17 +432,20 @@ def test_an_interrupt_stops_the_invocation_closes_its_runs_and_says_how_to_resum
             driver.wait()
     stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
     assert code == 128 + sig, stderr[-3000:]
-    assert "continue with: ratsweep run slow.yaml --max-concurrent 1 --resume" in stderr
+    assert f"continue with: {shlex.join(['ratsweep', 'run', 'slow.yaml', *limit, '--resume'])}" in stderr
     assert "INTERRUPTED" in stdout and "OK" in stdout  # the finished trial, and the one stopped
+    rows = [line.split() for line in stdout.splitlines() if re.match(r"^(-|[0-9.e+-]+) +(OK|INTERRUPTED|NOT STARTED)", line)]
+    assert all(row[0] != "-" for row in rows if row[1] == "OK"), stdout  # a trial that never reported did not finish
     summary = next(line for line in stdout.splitlines() if line.startswith("interrupted: ") and "finished" in line)
     counts = {what: int(n) for n, what in (part.split(" ", 1) for part in summary.removeprefix("interrupted: ").split(", "))}
     assert counts["finished"] >= 1 and counts["interrupted"] >= 1 and sum(counts.values()) == 6, summary
+    assert counts["finished"] == sum(row[1] == "OK" for row in rows) == len(finished_runs(client, "interrupted")), stdout
     assert "Tuner.restore" not in stdout + stderr and "never_reached" not in stdout  # the file's next sweep did not start
     runs, [sweep] = trial_runs(client, "interrupted")
     assert sweep.info.status == "KILLED" and not [r for r in runs if r.info.status == "RUNNING"]
     assert client.get_experiment_by_name("never_reached") is None
     if sig == signal.SIGINT:
-        resumed = ratsweep(tmp_path, "run", "slow.yaml", "--max-concurrent", "1", "--resume", timeout=600).stdout
+        resumed = ratsweep(tmp_path, "run", "slow.yaml", *limit, "--resume", timeout=600).stdout
         assert "interrupted: 6 finished\n" in resumed and "INTERRUPTED" not in resumed and "never_reached: 1 finished" in resumed
         runs, [sweep] = trial_runs(client, "interrupted")
         assert sweep.info.status == "FINISHED" and len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}

@@ -63,12 +63,13 @@ class SweepOutcome:
         out = {"finished": 0, "failed": 0, "diverged": 0, "interrupted": 0, "not started": 0}
         for row in self.rows:
             out[OUTCOME[row["status"]]] += 1
-        if self.space.search_alg["type"] in ("random", "grid"):
-            out["not started"] = max(len(self.space.trials()) - len(self.rows), 0)
+        if self.space.search_alg["type"] in ("random", "grid"):  # trials Tune had not even created
+            out["not started"] += max(len(self.space.trials()) - len(self.rows), 0)
         return out
 
 
-OUTCOME = {"OK": "finished", "ERROR": "failed", "FAILED": "failed", "DIVERGED": "diverged", "INTERRUPTED": "interrupted"}
+OUTCOME = {"OK": "finished", "ERROR": "failed", "FAILED": "failed", "DIVERGED": "diverged", "INTERRUPTED": "interrupted",
+           "NOT STARTED": "not started"}
 
 
 class Signals:
@@ -463,7 +464,7 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
     final = time.monotonic()
     outbox.flush(wait_s=float(os.environ.get("RATSWEEP_MLFLOW_FINAL_WAIT_S", FINAL_WAIT_S)))
     waited = Outbox.waited_s - waited_before + time.monotonic() - final  # the driver waits for the last writes too
-    return SweepOutcome(space, str(path), uri, _rows(space, results, stopped), interrupted, outbox.unsent(),
+    return SweepOutcome(space, str(path), uri, _rows(space, results, stopped, bool(interrupted)), interrupted, outbox.unsent(),
                         time.monotonic() - started, Outbox.spent_s - spent_before, waited, Outbox.writes - writes_before)
 
 
@@ -519,8 +520,9 @@ def _new_tuner(space: Space, options: RunOptions, trainable, storage: Path, swee
     )
 
 
-def _rows(space: Space, results, stopped: set[str]) -> list[dict]:
-    """One row per trial; `stopped`: the ids of trials an interrupt stopped (their runs never ended)."""
+def _rows(space: Space, results, stopped: set[str], interrupted: bool = False) -> list[dict]:
+    """One row per trial; `stopped`: the ids of trials an interrupt stopped (their runs never ended).
+    A trial that never reported in an interrupted sweep had not started (Tune gives it its id as metrics)."""
     rows = []
     for result in results:
         metrics = result.metrics or {}
@@ -528,8 +530,10 @@ def _rows(space: Space, results, stopped: set[str]) -> list[dict]:
         failure = (metrics.get("ratsweep") or {}).get("failure") or ""
         if result.error:
             status = "ERROR"
-        elif not metrics or metrics.get("trial_id") in stopped:  # never started, or stopped mid-way
+        elif metrics.get("trial_id") in stopped:
             status = "INTERRUPTED"
+        elif interrupted and "training_iteration" not in metrics:
+            status = "NOT STARTED"
         else:
             status = "DIVERGED" if failure.startswith("diverged") else "FAILED" if failure else "OK"
         config = space.active(result.config or {})
