@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     spaces = _load(args)  # every document valid before anything starts
     from ratsweep.sweep import runner, tracking
     from ratsweep.sweep import submit as submission
+    from ratsweep.sweep.space import check_writable_folder
 
     runner.Signals.install()
     # a job sent by `ratsweep submit` is continued by the same submit command, with --resume
@@ -114,11 +115,11 @@ def run(args: argparse.Namespace) -> int:
         if args.address is None and not in_job:  # on a cluster the data lives on the workers: each trial checks there
             for space in spaces:
                 runner.check_data(space, args.data_dir)
-        runner.check_storage(args.storage)
-        if args.resume:
-            runner.check_resumable(spaces, args.storage, args.smoke)
         if not args.resume:  # a resumed sweep goes on in the store it began in
             tracking.check_store(tracking.tracking_uri(args.tracking_uri))
+        check_writable_folder(args.storage, "--storage")
+        if args.resume:
+            runner.check_resumable(spaces, args.storage, args.smoke)
         runner.init_ray(args.address)
         runner.Signals.install()  # again: ray.init puts its own SIGTERM handler (a crash dump) in place
         for space in spaces:
@@ -246,21 +247,19 @@ def _print_datasets() -> None:
 
 def data(args: argparse.Namespace) -> int:
     """Download a dataset an experiment reads (where there is internet); without a name, list them."""
-    from pathlib import Path
 
     from ratsweep import registry
 
     if args.name is None:
         _print_datasets()
         return 0
-    from ratsweep.sweep.space import UserError
+    from ratsweep.sweep.space import UserError, check_writable_folder
 
     try:
         dataset = registry.get_dataset(args.name)
     except KeyError as e:
         raise UserError(e.args[0]) from None
-    directory = Path(args.dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = check_writable_folder(args.dir, "--dir")
     try:
         dataset.download(directory)
     except (OSError, RuntimeError) as e:  # no network, a failed checksum, a full disk
@@ -295,10 +294,11 @@ def best(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     """A paper-style table of a sweep from MLflow: mean ± std over seeds per cell with finished, diverged,
     failed and missing seeds counted, best and second best marked; the paper's numbers beside it; plots."""
-    from pathlib import Path
 
     from ratsweep.sweep import results, tracking
+    from ratsweep.sweep.space import check_writable_folder
 
+    plots = args.plots and check_writable_folder(args.plots, "--plots")  # before the store is read
     sweep = results.load_sweep(tracking.tracking_uri(args.tracking_uri), args.name, args.include_smoke, args.all_runs)
     layout = results.Layout.of(sweep)  # the search space's `report:` layout, if it has one
     if args.group_by or args.columns or args.best_of:  # a layout given here replaces it
@@ -313,11 +313,10 @@ def report(args: argparse.Namespace) -> int:
         print(results.paper_comparison(sweep, layout, args.format, args.paper or None, args.failed_as), end="")
     else:
         print(results.table(sweep, layout, args.format, args.failed_as), end="")
-    if args.plots:
-        root = Path(args.plots)
-        files = results.plots(sweep, layout, root)
-        results.log_report(sweep, files, root)
-        print(f"plots: {len(files)} files in {root} (also attached to the sweep's MLflow run under report/)")
+    if plots:
+        files = results.plots(sweep, layout, plots)
+        results.log_report(sweep, files, plots)
+        print(f"plots: {len(files)} files in {plots} (also attached to the sweep's MLflow run under report/)")
     return 0
 
 

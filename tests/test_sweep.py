@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -611,6 +612,29 @@ def test_a_resume_that_cannot_read_its_state_is_one_line_and_reopens_no_run(tmp_
     assert "--resume: " in ours[0] and "run without --resume to start this sweep afresh" in ours[0]
     _, [parent] = trial_runs(mlflow_client(tmp_path), "submitted")
     assert parent.info.status == "FINISHED"  # not flipped back to RUNNING
+
+
+def test_folders_that_cannot_be_written_are_one_line(tmp_path):
+    (tmp_path / "space.yaml").write_text(HEADER_SUBMIT.replace("[relu, rational]", "[relu]"))
+    (tmp_path / "mlruns-artifacts").write_text("")  # a plain file where the runs' files go
+    for command, expected in ((["run", "space.yaml", "--smoke"], "expected a writable folder for the runs' files at"),
+                              (["data", "cifar10", "--dir", "mlruns-artifacts"], "--dir: mlruns-artifacts: expected a folder"),
+                              (["report", "submitted", "--plots", "mlruns-artifacts/plots"], "--plots: mlruns-artifacts/plots")):
+        proc = ratsweep(tmp_path, *command, check=False)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, proc.stderr
+    assert not (tmp_path / "mlruns.db").exists() and not (tmp_path / "ratsweep_results").exists()
+    (tmp_path / "mlruns-artifacts").unlink()
+    ratsweep(tmp_path, "run", "space.yaml", "--smoke")
+    sweeps_before = sorted((tmp_path / "ratsweep_results").iterdir())
+    shutil.rmtree(tmp_path / "mlruns-artifacts" / "submitted")
+    (tmp_path / "mlruns-artifacts" / "submitted").write_text("")  # the experiment's own artifact folder
+    proc = ratsweep(tmp_path, "run", "space.yaml", "--smoke", check=False)
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("ratsweep run:")]
+    assert proc.returncode == 2 and len(ours) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "cannot store the sweep's files at" in ours[0] and "the sweep did not start" in ours[0]
+    runs, sweeps = trial_runs(mlflow_client(tmp_path), "submitted")
+    assert len(runs) == 1 and sorted(r.info.status for r in sweeps) == ["FAILED", "FINISHED"]  # none left RUNNING
+    assert sorted((tmp_path / "ratsweep_results").iterdir()) == sweeps_before
 
 
 def test_resume_after_the_space_changed_is_one_line_and_changes_nothing(tmp_path):

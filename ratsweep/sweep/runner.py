@@ -210,18 +210,6 @@ def check_cluster(space: Space, smoke: bool = False) -> None:
     space.resources["gpu"] = min(space.resources["gpu"], available.get("GPU", 0.0))
 
 
-def check_storage(storage: str) -> None:
-    """--storage is a folder this driver can write (created if need be), or one line before Ray starts."""
-    path = Path(storage).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".ratsweep-write-check-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"--storage: {storage}: expected a folder this machine can write ({e.strerror or e})") from None
-
-
 def check_data(space: Space, data_dir: str) -> None:
     """The experiment's registered datasets are under data_dir (DataError saying how to get them);
     a dataset with `keys` is asked only for the values of those keys this sweep can take."""
@@ -431,8 +419,12 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
         path = reserve_folder(storage, space.name, time.strftime("%Y%m%d-%H%M%S"))
         sweep_id = path.name
         client = tracking.client(uri)
-        experiment_id = tracking.ensure_experiment(client, space.name, uri, space)
-        parent = tracking.start_sweep_run(client, experiment_id, space, sweep_id, options.smoke)
+        try:
+            experiment_id = tracking.ensure_experiment(client, space.name, uri, space)
+            parent = tracking.start_sweep_run(client, experiment_id, space, sweep_id, options.smoke)
+        except BaseException:
+            path.rmdir()  # still empty: no sweep began
+            raise
         tuner = _new_tuner(space, options, trainable, storage, sweep_id, tracking.MlflowTracking(uri, experiment_id, parent, space, path))
         (path / SWEEP_FILE).write_text(json.dumps({"parent_run_id": parent, "experiment_id": experiment_id, "tracking_uri": uri,
                                                    "space": space.path, "definition": space.definition(), "smoke": options.smoke}))

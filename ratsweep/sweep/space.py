@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import json
 import math
+import os
 import random
 import re
 from collections.abc import Iterator
@@ -43,6 +44,19 @@ REPORT_KEYS = ("rows", "columns", "best_of", "percent", "curve", "labels", "pape
 
 class UserError(ValueError):
     """A mistake in what the user asked for: the CLI prints it as one line and exits with 2."""
+
+
+def check_writable_folder(path: str | Path, option: str) -> Path:
+    """The folder an option names, created if need be and written to once, or one line naming the option."""
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".ratsweep-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{option}: {path}: expected a folder this machine can write ({e.strerror or e})") from None
+    return folder
 
 
 class SpaceError(UserError):

@@ -97,6 +97,10 @@ def check_store(uri: str) -> None:
         folder = db.parent
         if not (folder.is_dir() and os.access(folder, os.W_OK)):
             raise UserError(f"--tracking-uri: {uri}: expected a writable folder for the database, {folder} is not one")
+        artifacts = db.parent / f"{db.stem}-artifacts"  # artifact_root's folder
+        if artifacts.exists() and not (artifacts.is_dir() and os.access(artifacts, os.W_OK)):
+            raise UserError(f"--tracking-uri: {uri}: expected a writable folder for the runs' files at {artifacts}, "
+                            "found " + ("a file" if not artifacts.is_dir() else "a folder this user cannot write"))
         if not db.exists():
             return  # MLflow creates it at the first write
         if not (db.is_file() and os.access(db, os.W_OK)):
@@ -203,15 +207,20 @@ def start_sweep_run(mlflow_client: MlflowClient, experiment_id: str, space: Spac
     if commit:
         tags["git.commit"] = commit
     run = mlflow_client.create_run(experiment_id, tags=tags)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "search_space.yaml"
-        import yaml  # noqa: PLC0415
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "search_space.yaml"
+            import yaml  # noqa: PLC0415
 
-        path.write_text(yaml.safe_dump(space.document, sort_keys=False))
-        mlflow_client.log_artifact(run.info.run_id, str(path))
-        plan = Path(tmp) / PLAN_FILE
-        plan.write_text(json.dumps(sweep_plan(space)))
-        mlflow_client.log_artifact(run.info.run_id, str(plan))
+            path.write_text(yaml.safe_dump(space.document, sort_keys=False))
+            mlflow_client.log_artifact(run.info.run_id, str(path))
+            plan = Path(tmp) / PLAN_FILE
+            plan.write_text(json.dumps(sweep_plan(space)))
+            mlflow_client.log_artifact(run.info.run_id, str(plan))
+    except Exception as e:  # an artifact store that cannot be written: no run is left RUNNING
+        mlflow_client.set_terminated(run.info.run_id, "FAILED")
+        raise UserError(f"MLflow: cannot store the sweep's files at {run.info.artifact_uri} ({reason(e)}); the "
+                        f"sweep did not start (its run {run.info.run_id} is marked FAILED)") from None
     return run.info.run_id
 
 
