@@ -135,6 +135,11 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; continue with: {resume}", file=sys.stderr)
         return 128 + (runner.Signals.received or signal.SIGINT)
+    try:  # here, not at exit: a signal while Ray shuts down is an interrupt too
+        runner.shutdown_ray()
+    except KeyboardInterrupt:
+        print("interrupted while Ray shut down; every sweep had ended", file=sys.stderr)
+        return 128 + (runner.Signals.received or signal.SIGINT)
     return EXIT_TRIALS_FAILED if failed else 0
 
 

@@ -614,6 +614,55 @@ def test_a_resume_that_cannot_read_its_state_is_one_line_and_reopens_no_run(tmp_
     assert parent.info.status == "FINISHED"  # not flipped back to RUNNING
 
 
+def test_an_interrupt_while_ray_shuts_down_exits_130(tmp_path):
+    (tmp_path / "space.yaml").write_text(HEADER_SUBMIT.replace("[relu, rational]", "[relu]"))
+    args = [sys.executable, "-m", "ratsweep", "run", "space.yaml", "--smoke"]
+    driver = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    try:
+        for line in driver.stdout:
+            if line.startswith("MLflow UI:"):  # the summary's last line: Ray shuts down next (about a second)
+                os.kill(driver.pid, signal.SIGINT)
+                break
+        code, stderr = driver.wait(timeout=120), driver.stderr.read()
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert code == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert "interrupted" in stderr.strip().splitlines()[-1]
+    _, [parent] = trial_runs(mlflow_client(tmp_path), "submitted")
+    assert parent.info.status == "FINISHED"  # the sweep had ended: nothing of it changes
+
+
+def test_no_room_for_a_local_rays_session_is_one_line(tmp_path, monkeypatch):
+    from unittest import mock
+
+    from ratsweep.sweep import runner
+    from ratsweep.sweep.space import UserError
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "tmp"))
+    full = shutil._ntuple_diskusage(total=2**30, used=2**30 - 2**20, free=2**20)
+    with mock.patch.object(shutil, "disk_usage", autospec=True, return_value=full) as disk_usage:
+        with pytest.raises(UserError, match=rf"Ray's temporary folder {tmp_path}/tmp/ray has 1 MB free, a local Ray needs"):
+            runner.check_ray_temp()
+    disk_usage.assert_called_once_with(tmp_path)  # the nearest folder that exists
+
+
+def test_a_full_disk_under_ray_is_one_line(tmp_path):
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tiny)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root (test_no_room_for_a_local_rays_session_is_one_line covers the check)")
+    try:
+        (tmp_path / "space.yaml").write_text(HEADER_SUBMIT)
+        proc = ratsweep(tmp_path, "run", "space.yaml", "--smoke", env={"RAY_TMPDIR": str(tiny)}, check=False)
+        assert proc.returncode == 2 and "has 1 MB free, a local Ray needs at least" in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and not list((tmp_path / "ratsweep_results").iterdir())
+    finally:
+        subprocess.run(["umount", str(tiny)], check=True)
+
+
 def test_folders_that_cannot_be_written_are_one_line(tmp_path):
     (tmp_path / "space.yaml").write_text(HEADER_SUBMIT.replace("[relu, rational]", "[relu]"))
     (tmp_path / "mlruns-artifacts").write_text("")  # a plain file where the runs' files go

@@ -156,10 +156,37 @@ def check_address(address: str | None) -> None:
                         "it, port 6379 by default; a dashboard, port 8265, is for ratsweep submit)")
 
 
+# A local Ray keeps its session (sockets, every worker's log) in its temporary folder: on a full disk
+# it fails a minute later with a timeout naming a port file.
+MIN_RAY_TEMP_FREE_MB = 100
+
+
+def ray_temp_root() -> Path:
+    """Where a local Ray puts its sessions, as Ray chooses it: $RAY_TMPDIR, else $TMPDIR, else /tmp; then ray/."""
+    return Path(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp") / "ray"
+
+
+def _free_mb(path: Path) -> float:
+    """Free space where the path is (or would be created)."""
+    return shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free / 2**20
+
+
+def check_ray_temp() -> None:
+    """Room for a local Ray's session, or one line saying where it is short of it."""
+    root = ray_temp_root()
+    free_mb = _free_mb(root)
+    if free_mb < MIN_RAY_TEMP_FREE_MB:
+        raise UserError(f"Ray's temporary folder {root} has {free_mb:.0f} MB free, a local Ray needs at least "
+                        f"{MIN_RAY_TEMP_FREE_MB} MB: free some space there, or set RAY_TMPDIR to a folder with room")
+
+
 def init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     check_address(address)
+    local = address is None and "RAY_ADDRESS" not in os.environ
+    if local:
+        check_ray_temp()
     # Each point of a random/grid search holds None for the keys that do not apply (search.py);
     # Tune warns once per trial and key that None is not among the domain's values.
     logging.getLogger("ray.tune.search.variant_generator").addFilter(_NotAppliedWarning())
@@ -177,6 +204,16 @@ def init_ray(address: str | None) -> None:
         ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     except ConnectionError as e:  # --address auto with no Ray running here
         raise UserError(f"--address: {address}: {reason(e)}") from None
+    except (OSError, RuntimeError) as e:  # a local Ray that could not start (its folder filled up meanwhile, ...)
+        if not local:
+            raise
+        raise UserError(f"a local Ray did not start ({reason(e)}); its temporary folder {ray_temp_root()} has "
+                        f"{_free_mb(ray_temp_root()):.0f} MB free") from None
+
+
+def shutdown_ray() -> None:
+    """Stop the local Ray this driver started (about a second), or leave the cluster it joined."""
+    ray.shutdown()
 
 
 def in_ray_job() -> bool:
@@ -315,7 +352,7 @@ def repair_tune_state(experiment: Path) -> list[str]:
     folder (not atomically): a driver killed during the copy leaves a truncated file there, and
     Tune, failing to read it, would silently restart the whole sweep. Put back the intact original
     from the driver's staging folder, or refuse to resume rather than run trials twice."""
-    ray_temp = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray"
+    ray_temp = ray_temp_root()
     repaired = []
     # experiment_state-*, search_gen_state-*, searcher-state-*, basic-variant-state-* (tuner.pkl is
     # written once, before any trial)
