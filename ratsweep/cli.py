@@ -292,7 +292,7 @@ def best(args: argparse.Namespace) -> int:
     else:
         for rank, entry in enumerate(entries, 1):
             config = " ".join(f"{k}={v}" for k, v in entry["config"].items())
-            print(f"{rank:>3}. {entry['metric']}={entry['value']:.6g}  run {entry['run_id']}  {config}")
+            print(f"{rank:>3}. {entry['metric']}={entry['value']:.6g}  {entry['name']}  run {entry['run_id']}  {config}")
     return 0
 
 

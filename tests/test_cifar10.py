@@ -307,7 +307,7 @@ def test_resumed_run_continues_at_the_next_epoch_exactly(data_dir):
     final_whole, final_resumed = whole.states[-1]["model"], resumed.states[-1]["model"]
     assert all(torch.allclose(final_whole[k], final_resumed[k], atol=1e-6) for k in final_whole)
     names = {p.name for p in resumed.artifact_dir.iterdir()}
-    assert {"learning_curve.png", "rational_evolution.png", "rational_features_1.png"} <= names
+    assert {"learning_curve.png", "rational_evolution.png", "activation_layer1.png"} <= names
     assert sorted(resumed.states[-1]["shapes"]) == [0, 2, 4]  # start, epochs // 2, last (5 > 4 epochs)
 
 

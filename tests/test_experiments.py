@@ -10,7 +10,7 @@ from ratsweep.experiments.common import Diverged, LocalSession, Rational, num_pa
 from ratsweep.registry import architectures, experiments
 
 ACTIVATIONS = ["relu", "leaky_relu", "gelu", "silu", "tanh", "rational"]
-DIGITS_METRICS = {"train_loss", "test_acc", "best_test_acc", "epoch_time_s"}
+DIGITS_METRICS = {"epoch", "train_loss", "test_acc", "best_test_acc", "epoch_time_s"}
 
 
 def run_approx(session=None, **values):
@@ -82,11 +82,11 @@ def test_approx_rejects_a_budget_below_the_smallest_mlp():
 def test_approx_smoke_reports_several_times_and_writes_its_plots():
     final, session = run_approx(LocalSession(smoke=True), activation="rational", depth=2)
     assert len(session.history) >= 2
-    assert all(set(m) == {"mse", "max_abs_err", "train_loss"} for m in session.history)
+    assert all(set(m) == {"step", "mse", "max_abs_err", "train_loss"} for m in session.history)
     assert session.states[-1]["step"] == approx.SMOKE_STEPS
     files = {p.name for p in session.artifact_dir.iterdir()}
     assert "fit.png" in files
-    assert len([f for f in files if f.startswith("rational_")]) == 2
+    assert {f for f in files if f.startswith("activation_")} == {"activation_layer1.png", "activation_layer2.png"}
 
 
 def test_approx_resume_continues_at_the_next_step_and_matches_an_uninterrupted_run():
@@ -117,7 +117,7 @@ def test_digits_rational_cnn_writes_its_plots():
     _, session = run_digits(LocalSession(smoke=True), model="digits_cnn", activation="rational")
     files = {p.name for p in session.artifact_dir.iterdir()}
     assert "learning_curve.png" in files
-    assert len([f for f in files if f.startswith("rational_")]) == 3
+    assert len([f for f in files if f.startswith("activation_layer")]) == 3
 
 
 def test_digits_resume_continues_at_the_next_epoch_and_matches_an_uninterrupted_run():

@@ -397,7 +397,7 @@ def test_smoke_sweep_lands_final_score_num_params_and_plots_in_mlflow(datasets, 
         assert math.isfinite(run.data.metrics["final_normalized_score"]) and int(run.data.params["num_params"]) > 100_000
         names = artifacts(client, run)
         assert "learning_curve.png" in names and "reference_returns.json" in names
-        assert any(n.startswith("rational_") for n in names) == (run.data.params["activation"] == "rational")
+        assert any(n.startswith("activation_layer") for n in names) == (run.data.params["activation"] == "rational")
     out = ratsweep(tmp_path, "report", "rl_smoke", "--include-smoke").stdout
     [row] = [line for line in out.splitlines() if line.startswith("| hopper |")]
     assert "mean ± std (population)" in out and row.count("**") == 2 and row.count("*") == 6, out  # best and second in the row

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -62,21 +63,56 @@ def test_run_lands_every_trial_in_mlflow(smoke_sweep):
     approx, [approx_sweep] = trial_runs(client, "e2e_approx")
     assert len(approx) == 4 and {r.info.status for r in approx} == {"FINISHED"}
     assert {r.data.tags["mlflow.parentRunId"] for r in approx} == {approx_sweep.info.run_id}
-    assert {"search_space.yaml", "plan.json"} <= artifacts(client, approx_sweep)
-    assert approx_sweep.data.tags["ratsweep.provider.ratsweep"] and approx_sweep.data.tags["ratsweep.smoke"] == "True"
+    assert {"search_space.yaml", "plan.json", "report"} <= artifacts(client, approx_sweep)
+    sweep_tags = approx_sweep.data.tags
+    assert sweep_tags["ratsweep.version"] and "ratsweep.provider.ratsweep" not in sweep_tags  # one version tag
+    assert (sweep_tags["ratsweep.sweep"], sweep_tags["ratsweep.smoke"]) == ("e2e_approx", "true")
+    assert client.get_experiment_by_name("e2e_approx").tags["mlflow.experimentKind"] == "custom_model_development"
     assert "e2e_approx: 4 finished" in proc.stdout
     for run in approx:
         params, tags = run.data.params, run.data.tags
         assert params["target"] == "abs" and int(params["num_params"]) > 0
         assert (params["steps"], params["report_every"]) == ("60", "20")  # what the smoke run ran, not 2000/100
-        assert tags["ratsweep.provider.ratsweep"] == approx_sweep.data.tags["ratsweep.provider.ratsweep"]
+        assert run.info.run_name == f"abs · {'relu' if params['activation'] == 'relu' else 'rational(3,2)'} · s{params['seed']}"
+        assert {k: tags[k] for k in ("ratsweep.sweep", "ratsweep.sweep_id", "ratsweep.smoke", "ratsweep.version")} == {
+            "ratsweep.sweep": "e2e_approx", "ratsweep.sweep_id": sweep_tags["ratsweep.sweep_id"], "ratsweep.smoke": "true",
+            "ratsweep.version": sweep_tags["ratsweep.version"]}
         assert ("rational.degrees" in params) == (params["activation"] == "rational")  # what applies, only
         assert {"max_abs_err", "mse"} <= set(run.data.metrics)
         assert tags["kernel_backend"] == ("cpu" if params["activation"] == "rational" else "none")  # what ran
-        assert "cupy" not in tags and tags["torch"] and tags["ray.node_id"] and tags["device"].startswith("cpu")
-        assert len(client.get_metric_history(run.info.run_id, "max_abs_err")) >= 2  # every report, not just the last
-        expected = {"fit.png"} | ({"rational_1.png"} if params["activation"] == "rational" else set())
-        assert expected <= artifacts(client, run)
+        assert tags["ray.node_id"] and tags["device"].startswith("cpu")
+        assert not {"cupy", "cuda", "torch", "hostname", "ratsweep.provider.ratsweep"} & set(tags)  # CPU: no CUDA tags; the rest in environment.json
+        # every report, at the experiment's own step (60 steps, a report every 20), not the report count
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "max_abs_err")] == [20, 40, 60]
+        plots = {name.removesuffix(".png") for name in artifacts(client, run) if name.endswith(".png")}
+        assert "fit" in plots and ("activation_layer1" in plots) == (params["activation"] == "rational")
+        assert {"environment.json", "images"} <= artifacts(client, run)
+        images = {a.path.split("/")[-1].split("+step+")[0] for a in client.list_artifacts(run.info.run_id, "images")}
+        assert images == plots  # also as MLflow images (the chart view compares them across runs)
+        assert {a.path.split("+step+")[1].split("+")[0] for a in client.list_artifacts(run.info.run_id, "images")} == {"60"}
+        with tempfile.TemporaryDirectory() as tmp:
+            environment = json.loads(Path(client.download_artifacts(run.info.run_id, "environment.json", tmp)).read_text())
+        assert environment["torch"] and environment["hostname"] and environment["device"] == tags["device"]
+    # the sweep's run ends with its outcome: the best trial's value, searched config and name, a note
+    # with the top trials best first, and the report's table and plots
+    best = min(approx, key=lambda r: r.data.metrics["max_abs_err"])
+    assert approx_sweep.data.metrics["best.max_abs_err"] == best.data.metrics["max_abs_err"]
+    assert approx_sweep.data.params["best.activation"] == best.data.params["activation"]
+    assert approx_sweep.data.params["best.seed"] == best.data.params["seed"]
+    assert approx_sweep.data.tags["ratsweep.best_run"] == best.info.run_id
+    note = approx_sweep.data.tags["mlflow.note.content"]
+    ranked = sorted(approx, key=lambda r: r.data.metrics["max_abs_err"])
+    table = [line for line in note.splitlines() if line.startswith("| ") and "rank" not in line]
+    assert [line.split(" | ")[1] for line in table] == [r.info.run_name for r in ranked]
+    assert "ratsweep best e2e_approx --include-smoke --format yaml > best.yaml" in note
+    assert {"report/report.md", "report/learning_curves.png"} <= {a.path for a in client.list_artifacts(approx_sweep.info.run_id, "report")}
+    link = next(line for line in proc.stdout.splitlines() if line.startswith("Runs, best first: "))
+    sweep_id = sweep_tags["ratsweep.sweep_id"]
+    assert link.endswith(f"/#/experiments/{approx_sweep.info.experiment_id}/runs?viewStateShareKey={sweep_id}&workflowType=machine_learning")
+    view = json.loads(client.get_experiment(approx_sweep.info.experiment_id).tags[f"mlflow.sharedViewState.{sweep_id}"])
+    assert view["searchFilter"] == f"tags.`ratsweep.sweep_id` = '{sweep_id}'" and view["orderByAsc"] is True
+    assert view["selectedColumns"] == ["metrics.`max_abs_err`", "params.`target`", "params.`activation`", "params.`rational.degrees`",
+                                       "params.`seed`"]
     digits, _ = trial_runs(client, "e2e_digits")
     assert len(digits) == 2
     for run in digits:
@@ -85,10 +121,52 @@ def test_run_lands_every_trial_in_mlflow(smoke_sweep):
         assert "learning_curve.png" in artifacts(client, run)
 
 
+@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium (headless) for the MLflow UI")
+def test_the_printed_link_opens_the_runs_table_best_first(smoke_sweep, tmp_path):
+    """`mlflow ui` on the sweep's store, and the link the summary printed, in a headless browser: the
+    best trial's name comes before every other trial's in the rendered runs table, its metric shown."""
+    from services import end
+
+    cwd, proc = smoke_sweep
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{cwd / 'mlruns.db'}",
+                           "--port", str(port)], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health")
+        link = next(line for line in proc.stdout.splitlines() if line.startswith("Runs, best first: ")).split(": ", 1)[1]
+        page = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=30000",
+                               f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                               link.replace("127.0.0.1:5000", f"127.0.0.1:{port}")],
+                              capture_output=True, text=True, timeout=180).stdout
+    finally:
+        end(ui)
+    client = mlflow_client(cwd)
+    runs, _ = trial_runs(client, "e2e_approx")
+    names = {r.info.run_name: r.data.metrics["max_abs_err"] for r in runs}
+    positions = {name: page.find(name) for name in names}
+    assert all(position >= 0 for position in positions.values()), (positions, page[-3000:])
+    best = min(names, key=names.get)
+    assert positions[best] == min(positions.values()), positions
+    assert repr(names[best]) in page  # the metric is a column of the shared view
+
+
+def wait_for_http(url: str, timeout_s: float = 90) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"{url} did not answer in {timeout_s} s")
+
+
 def test_best_reads_mlflow(smoke_sweep):
     cwd, _ = smoke_sweep
     entries = json.loads(ratsweep(cwd, "best", "e2e_approx", "--top", "3", "--format", "json", "--include-smoke").stdout)
-    assert len(entries) == 3 and all(set(e) == {"run_id", "metric", "value", "config"} for e in entries)
+    assert len(entries) == 3 and all(set(e) == {"name", "run_id", "metric", "value", "config"} for e in entries)
     values = [e["value"] for e in entries]
     assert values == sorted(values) and entries[0]["metric"] == "max_abs_err"
     client = mlflow_client(cwd)
@@ -110,7 +188,7 @@ def test_report_tables_and_plots(smoke_sweep):
     assert sum("| *" in row and "| **" not in row for row in rows) == 1  # the other is second best (italics)
     assert "±" in md
     assert (cwd / "plots" / "learning_curves.png").stat().st_size > 5000
-    assert list((cwd / "plots").glob("*rational*/rational_1.png"))
+    assert list((cwd / "plots").glob("*rational*/activation_layer1.png"))
     csv_lines = ratsweep(cwd, "report", "e2e_approx", "--format", "csv", "--group-by", "activation", "--include-smoke").stdout.splitlines()
     assert csv_lines[0] == "activation,max_abs_err_mean,max_abs_err_std,n,diverged,failed,missing,mark,minutes,caveat" and len(csv_lines) == 3
     latex = ratsweep(cwd, "report", "e2e_approx", "--format", "latex", "--include-smoke").stdout
@@ -621,7 +699,7 @@ def test_an_interrupt_while_ray_shuts_down_exits_130(tmp_path):
                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
     try:
         for line in driver.stdout:
-            if line.startswith("MLflow UI:"):  # the summary's last line: Ray shuts down next (about a second)
+            if line.startswith("Runs, best first:"):  # the summary's last line: Ray shuts down next (about a second)
                 os.kill(driver.pid, signal.SIGINT)
                 break
         code, stderr = driver.wait(timeout=120), driver.stderr.read()

@@ -252,7 +252,7 @@ def test_a_resumed_run_continues_exactly(data_dir):
     assert whole.states[1]["optimizer"]["param_groups"][0]["lr"] == resumed.states[0]["optimizer"]["param_groups"][0]["lr"]
     assert whole.params["num_params"] == count_params(timm_reference("swin")) + 12 * COEFFICIENTS_PER_RATIONAL
     names = {p.name for p in whole.artifact_dir.iterdir()}
-    assert {"learning_curve.png", "rational_evolution.png", "rational_layers_0_blocks_0_mlp_act.png"} <= names
+    assert {"learning_curve.png", "rational_evolution.png", "activation_layer1.png"} <= names
 
 
 def test_a_diverging_run_fails_with_its_reason(data_dir, monkeypatch):
@@ -308,7 +308,7 @@ def test_smoke_sweep_lands_ema_top1_num_params_and_plots_in_mlflow(data_dir, tmp
         rational = run.data.params["activation"] == "rational"
         assert int(run.data.params["num_params"]) == count_params(timm_reference("vit")) + rational * 12 * COEFFICIENTS_PER_RATIONAL
         names = artifacts(client, run)
-        assert "learning_curve.png" in names and any(n.startswith("rational_") for n in names) == rational
+        assert "learning_curve.png" in names and any(n.startswith("activation_layer") for n in names) == rational
     out = ratsweep(tmp_path, "report", "tin_smoke", "--include-smoke").stdout
     assert "| vit |" in out, out
     assert os.path.isdir(data_dir / ti.FOLDER / ti.CACHE)  # decoded beside the data, once for both trials

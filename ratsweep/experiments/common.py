@@ -153,15 +153,14 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def plot_rationals(model: nn.Module, directory: Path, inputs: Mapping[nn.Module, torch.Tensor] | None = None) -> list[Path]:
-    """One PNG per Rational module of the model (learned curve over its init target), named by module path."""
+    """activation_layer1.png, ...: one PNG per Rational module of the model, in the order the model
+    holds them (its learned curve over its init target, titled with the module's path)."""
     from ..rational import plot_rational
 
-    paths = []
-    for name, module in model.named_modules():
-        if isinstance(module, Rational):
-            seen = None if inputs is None else inputs.get(module)
-            paths.append(plot_rational(module, seen, directory / f"rational_{name.replace('.', '_') or 'act'}.png"))
-    return paths
+    rationals = [(name, module) for name, module in model.named_modules() if isinstance(module, Rational)]
+    return [plot_rational(module, None if inputs is None else inputs.get(module), directory / f"activation_layer{i}.png",
+                          title=f"activation {i} of {len(rationals)} ({name or 'the model'})")
+            for i, (name, module) in enumerate(rationals, 1)]
 
 
 def rational_snapshot(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

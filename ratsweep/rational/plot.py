@@ -54,7 +54,8 @@ def histogram_underlay(ax, values: torch.Tensor, bins: int) -> None:
     ax.patch.set_visible(False)
 
 
-def plot_rational(module: Rational, inputs: torch.Tensor | None = None, path: str | Path = "rational.png") -> Path:
+def plot_rational(module: Rational, inputs: torch.Tensor | None = None, path: str | Path = "rational.png",
+                  title: str | None = None) -> Path:
     """Save a PNG of the module's F(x) over its init target, with a histogram of `inputs` if given.
 
     The x-range covers the fitted domain [-3, 3] and the central 99.8 % of the inputs.
@@ -87,6 +88,8 @@ def plot_rational(module: Rational, inputs: torch.Tensor | None = None, path: st
     ax.set_xlabel("x")
     ax.set_ylabel("F(x)")
     ax.legend(loc="upper left", fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -360,6 +360,12 @@ class Outbox:
                     self.client.set_terminated(run.info.run_id, "FAILED" if op["status"] == "FAILED" else "KILLED")
             self.client.set_terminated(self.parent_run_id, op["status"])
             return
+        if kind == "outcome":  # the sweep's result on its own run: params once (they cannot change), the rest anew
+            logged = self.client.get_run(self.parent_run_id).data.params
+            params = {k: v for k, v in op["params"].items() if k not in logged}
+            self.client.log_batch(self.parent_run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in op["metrics"]],
+                                  params=[Param(k, v) for k, v in params.items()], tags=[RunTag(k, v) for k, v in op["tags"].items()])
+            return
         create = op.get("create")
         run_id, created = self.run_id(op["trial"], create and {**create, "tried": op.get("tried")})
         if kind == "start" and not created:  # a run finished before a resume stays as it was
@@ -387,9 +393,23 @@ class Outbox:
                     get_artifact_repository(self.artifact_uris[run_id], tracking_uri=self.uri).log_artifacts(op["artifacts"])
                 else:
                     self.client.log_artifacts(run_id, op["artifacts"])
+                self._log_images(run_id, Path(op["artifacts"]), op.get("step", 0))
             self.client.set_terminated(run_id, op["status"])
         else:
             raise ValueError(f"unknown outbox operation {kind!r}")
+
+    def _log_images(self, run_id: str, folder: Path, step: int) -> None:
+        """The trial's top-level plots (fit.png, activation_layer1.png, learning_curve.png) also as
+        MLflow images keyed by name: the UI's chart view shows them side by side across runs."""
+        from PIL import Image  # noqa: PLC0415  (matplotlib's dependency)
+
+        for png in sorted(folder.glob("*.png")):
+            try:
+                with Image.open(png) as image:
+                    picture = image.convert("RGB")
+            except (OSError, ValueError):  # not an image PIL reads: it stays a plain artifact
+                continue
+            self.client.log_image(run_id, picture, key=png.stem, step=step, synchronous=True)
 
     # ---- keeping ----------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from .. import registry
 from . import paper
 from .space import UserError
 from . import tracking
-from .tracking import PLAN_FILE, TAG_KIND, TAG_PARENT, TAG_REPORT
+from .tracking import PLAN_FILE, TAG_KIND, TAG_PARENT, TAG_REPORT, TAG_SMOKE
 
 
 class NotFound(UserError):
@@ -47,6 +47,7 @@ class TrialRun:
     span: tuple[int, int] | None = None  # (start, end) in ms, when it ended
     node: str = ""  # the Ray node it ran on
     device: str = ""  # the device tag: a GPU's name, or "cpu (...)"
+    name: str = ""  # the run's name: the trial's searched values (Space.trial_name)
 
     def outcome(self, metric: str) -> str:
         """finished (with a finite metric), diverged, failed (an error, or finished without the
@@ -128,11 +129,12 @@ def load_sweep(uri: str, name: str, include_smoke: bool = False, all_runs: bool 
                 span=(run.info.start_time, end) if end and run.info.start_time else None,
                 node=run.data.tags.get("ray.node_id", ""),
                 device=run.data.tags.get("device", ""),
+                name=run.info.run_name or "",
             )
         )
     sweeps.sort(key=lambda r: r.info.start_time, reverse=True)
     if not include_smoke:
-        smoke = {s.info.run_id for s in sweeps if s.data.tags.get("ratsweep.smoke") == "True"}
+        smoke = {s.info.run_id for s in sweeps if s.data.tags.get(TAG_SMOKE, "").lower() == "true"}  # "True" before 0.x
         if runs and all(r.sweep in smoke for r in runs):
             raise NotFound(f"{name}: it has only --smoke runs so far; --include-smoke shows them")
         runs = [r for r in runs if r.sweep not in smoke]
@@ -190,7 +192,8 @@ def best(sweep: Sweep, top: int) -> list[dict[str, Any]]:
     ranked = sweep.ranked()
     if not ranked:
         raise NotFound(f"{sweep.name}: no finished trial has a {sweep.metric!r} metric yet")
-    return [{"run_id": r.run_id, "metric": sweep.metric, "value": r.metrics[sweep.metric], "config": r.config} for r in ranked[:top]]
+    return [{"name": r.name, "run_id": r.run_id, "metric": sweep.metric, "value": r.metrics[sweep.metric], "config": r.config}
+            for r in ranked[:top]]
 
 
 def best_as_space(sweep: Sweep, entries: list[dict[str, Any]]) -> str:
@@ -662,30 +665,62 @@ def plots(sweep: Sweep, layout: Layout, directory: Path) -> list[Path]:
     nrows = math.ceil(len(panels) / ncols)
     figure = Figure(figsize=(5 * ncols, 3.4 * nrows), dpi=120)
     axes = figure.subplots(nrows, ncols, squeeze=False).flat
-    written = []
+    written, copied = [], {}  # copied: each cell's label and its best run's plots
     for ax, panel in zip(axes, panels):
         for c in (c for c in found if (_block(layout, c.row), c.column) == panel):
             finished = c.group.finished
-            curves = [[m.value for m in sorted(sweep.client.get_metric_history(r.run_id, metric), key=lambda m: m.step)] for r in finished]
+            histories = [sorted(sweep.client.get_metric_history(r.run_id, metric), key=lambda m: m.step) for r in finished]
+            curves = [[m.value for m in history] for history in histories]
             length = min(len(curve) for curve in curves)
             if length:
-                steps = range(1, length + 1)
+                steps = [m.step for m in histories[0][:length]]  # the experiment's steps or epochs (tracking.STEP_KEYS)
                 mean = [statistics.fmean(curve[i] for curve in curves) for i in range(length)]
                 std = [statistics.pstdev([curve[i] for curve in curves]) for i in range(length)]
                 label = " ".join(x for x in layout.row_labels(c.row)[len(panel[0]):] if x) or "all"
                 ax.plot(steps, mean, "o-", ms=2, label=label)
                 ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
             best_run = (max if sweep.mode == "max" else min)(finished, key=lambda r: r.metrics[sweep.metric])
-            written += _copy_artifacts(sweep.client, best_run.run_id, directory / _slug((*c.row, c.column)))
+            files = _copy_artifacts(sweep.client, best_run.run_id, directory / _slug((*c.row, c.column)))
+            label = ", ".join(x for x in [*layout.row_labels(c.row), *([layout.column_label(c.column)] if layout.columns else [])] if x)
+            copied[label or "all"] = files
+            written += files
         title = ", ".join([*layout.row_labels(panel[0]), *([layout.column_label(panel[1])] if layout.columns else [])])
         ax.set_title(f"{sweep.name}: {title}" if title else sweep.name, fontsize=9)
-        ax.set_xlabel("report (epoch / step block)")
+        ax.set_xlabel(next((k for k in tracking.STEP_KEYS if k in found[0].group.finished[0].metrics), "report"))
         ax.set_ylabel(metric)
         ax.legend(fontsize=7, frameon=False)
     figure.tight_layout()
     path = directory / "learning_curves.png"
     figure.savefig(path)
-    return [path, *written]
+    return [path, *_side_by_side(copied, directory), *written]
+
+
+def _side_by_side(copied: dict[str, list[Path]], directory: Path, per_row: int = 4) -> list[Path]:
+    """<plot>_by_cell.png: each plot the cells' best runs have (fit, activation_layer1, ...), one tile per cell."""
+    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.image import imread  # noqa: PLC0415
+
+    by_name: dict[str, list[tuple[str, Path]]] = {}
+    for label, files in copied.items():
+        for file in files:
+            by_name.setdefault(file.stem, []).append((label, file))
+    out = []
+    for stem, tiles in by_name.items():
+        if len(tiles) < 2:
+            continue
+        ncols = min(per_row, len(tiles))
+        nrows = math.ceil(len(tiles) / ncols)
+        figure = Figure(figsize=(4 * ncols, 3.2 * nrows + 0.3), dpi=110)
+        for ax, (label, file) in zip(figure.subplots(nrows, ncols, squeeze=False).flat, tiles):
+            ax.imshow(imread(file))
+            ax.set_title(label, fontsize=9)
+        for ax in figure.axes:
+            ax.axis("off")
+        figure.suptitle(f"{stem}: the best run of each cell", fontsize=10)
+        figure.tight_layout()
+        out.append(directory / f"{stem}_by_cell.png")
+        figure.savefig(out[-1])
+    return out
 
 
 def _slug(key: tuple) -> str:
@@ -707,10 +742,22 @@ def _copy_artifacts(mlflow_client: MlflowClient, run_id: str, directory: Path) -
     return out
 
 
-def log_report(sweep: Sweep, files: list[Path], root: Path) -> None:
-    """Attach the report to the newest sweep run, so the MLflow UI shows it beside the runs."""
-    if sweep.sweep_run_ids:
+def log_report(sweep: Sweep, files: list[Path], root: Path, run_id: str | None = None) -> None:
+    """Attach the report to a sweep run (default: the newest), so the MLflow UI shows it beside the runs."""
+    run_id = run_id or (sweep.sweep_run_ids[0] if sweep.sweep_run_ids else None)
+    if run_id:
         for path in files:
             parent = path.parent.relative_to(root)
-            sweep.client.log_artifact(sweep.sweep_run_ids[0], str(path), artifact_path=str(Path("report") / parent))
+            sweep.client.log_artifact(run_id, str(path), artifact_path=str(Path("report") / parent))
+
+
+def attach_report(uri: str, name: str, run_id: str, smoke: bool) -> None:
+    """At a sweep's end: the table `ratsweep report NAME` prints (report.md) and its plots, on the sweep's run."""
+    sweep = load_sweep(uri, name, include_smoke=smoke, all_runs=False)
+    layout = Layout.of(sweep)
+    check_layout(sweep, layout)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "report.md").write_text(table(sweep, layout, "md", None))
+        log_report(sweep, [root / "report.md", *plots(sweep, layout, root)], root, run_id)
 

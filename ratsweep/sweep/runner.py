@@ -56,16 +56,26 @@ class SweepOutcome:
     mlflow_s: float = 0.0  # the driver's MLflow writes (trial runs, metrics, artifacts, statuses), mostly in a sender thread
     mlflow_waited_s: float = 0.0  # the time the sweep itself waited for them
     mlflow_writes: int = 0
+    experiment_id: str = ""
 
     def counts(self) -> dict[str, int]:
-        """Trials by outcome: finished, failed, diverged, interrupted, and (random/grid search, whose
-        trials are known up front) not started."""
-        out = {"finished": 0, "failed": 0, "diverged": 0, "interrupted": 0, "not started": 0}
-        for row in self.rows:
-            out[OUTCOME[row["status"]]] += 1
-        if self.space.search_alg["type"] in ("random", "grid"):  # trials Tune had not even created
-            out["not started"] += max(len(self.space.trials()) - len(self.rows), 0)
-        return out
+        return count_outcomes(self.space, self.rows)
+
+
+def count_outcomes(space: Space, rows: list[dict]) -> dict[str, int]:
+    """Trials by outcome: finished, failed, diverged, interrupted, and (random/grid search, whose
+    trials are known up front) not started."""
+    out = {"finished": 0, "failed": 0, "diverged": 0, "interrupted": 0, "not started": 0}
+    for row in rows:
+        out[OUTCOME[row["status"]]] += 1
+    if space.search_alg["type"] in ("random", "grid"):  # trials Tune had not even created
+        out["not started"] += max(len(space.trials()) - len(rows), 0)
+    return out
+
+
+def tally(counts: dict[str, int]) -> str:
+    """"12 finished, 2 failed": the outcomes there are (finished always)."""
+    return ", ".join(f"{n} {what}" for what, n in counts.items() if n or what == "finished")
 
 
 OUTCOME = {"OK": "finished", "ERROR": "failed", "FAILED": "failed", "DIVERGED": "diverged", "INTERRUPTED": "interrupted",
@@ -462,7 +472,8 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
         except BaseException:
             path.rmdir()  # still empty: no sweep began
             raise
-        tuner = _new_tuner(space, options, trainable, storage, sweep_id, tracking.MlflowTracking(uri, experiment_id, parent, space, path))
+        tuner = _new_tuner(space, options, trainable, storage, sweep_id, tracking.MlflowTracking(uri, experiment_id, parent, space, path,
+                                                                                            sweep_id, options.smoke))
         (path / SWEEP_FILE).write_text(json.dumps({"parent_run_id": parent, "experiment_id": experiment_id, "tracking_uri": uri,
                                                    "space": space.path, "definition": space.definition(), "smoke": options.smoke}))
     tune_log = logging.getLogger("ray.tune.tune")
@@ -482,19 +493,38 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
     outbox = finishing(path, uri, experiment_id, parent)  # as the callback (a restored copy, after --resume) last saved it
     # stopped: trials whose runs did not end (RUNNING), or ended by an earlier interrupt and not
     # restarted (KILLED); read only once every held write is sent, else Tune's own statuses stand
-    stopped = set()
+    runs: dict[str, tuple[str, str]] = {}  # trial id -> (run id, status)
     try:
         with one_try():
             if outbox.flush():
-                stopped = {trial for trial, (_, status) in tracking.trial_runs(uri, parent).items() if status in ("RUNNING", "KILLED")}
+                runs = tracking.trial_runs(uri, parent)
     except Exception:  # noqa: BLE001  (the store went away again)
         pass
+    stopped = {trial for trial, (_, status) in runs.items() if status in ("RUNNING", "KILLED")}
+    rows = _rows(space, results, stopped, bool(interrupted))
+    if not interrupted:  # an interrupted sweep has no outcome yet: its --resume gives it one
+        outbox.put(tracking.outcome_op(space, rows, {trial: run for trial, (run, _) in runs.items()}, experiment_id,
+                                        options.smoke, tally(count_outcomes(space, rows))))
     outbox.put({"op": "finish_sweep", "status": "KILLED" if interrupted else "FINISHED"})
     final = time.monotonic()
-    outbox.flush(wait_s=float(os.environ.get("RATSWEEP_MLFLOW_FINAL_WAIT_S", FINAL_WAIT_S)))
+    sent = outbox.flush(wait_s=float(os.environ.get("RATSWEEP_MLFLOW_FINAL_WAIT_S", FINAL_WAIT_S)))
+    if sent and not interrupted:
+        _attach_report(uri, space, parent, options.smoke)
     waited = Outbox.waited_s - waited_before + time.monotonic() - final  # the driver waits for the last writes too
-    return SweepOutcome(space, str(path), uri, _rows(space, results, stopped, bool(interrupted)), interrupted, outbox.unsent(),
-                        time.monotonic() - started, Outbox.spent_s - spent_before, waited, Outbox.writes - writes_before)
+    return SweepOutcome(space, str(path), uri, rows, interrupted, outbox.unsent(), time.monotonic() - started,
+                        Outbox.spent_s - spent_before, waited, Outbox.writes - writes_before, experiment_id)
+
+
+def _attach_report(uri: str, space: Space, parent: str, smoke: bool) -> None:
+    """The sweep's report table and plots on its run (what `ratsweep report NAME --plots DIR` also attaches)."""
+    from . import results  # noqa: PLC0415  (matplotlib, only now)
+
+    try:
+        with one_try():
+            results.attach_report(uri, space.name, parent, smoke)
+    except Exception as e:  # noqa: BLE001  (the sweep's runs are complete: a report can be made later)
+        print(f"ratsweep: {space.name}: the report was not attached to the sweep's MLflow run ({reason(e)}); "
+              f"`ratsweep report {space.name} --plots DIR` attaches it", flush=True)
 
 
 def finishing(path: Path, uri: str, experiment_id: str, parent: str) -> Outbox:
@@ -566,7 +596,8 @@ def _rows(space: Space, results, stopped: set[str], interrupted: bool = False) -
         else:
             status = "DIVERGED" if failure.startswith("diverged") else "FAILED" if failure else "OK"
         config = space.active(result.config or {})
-        rows.append({"status": status, "config": config, "value": value, "iterations": metrics.get("training_iteration")})
+        rows.append({"status": status, "config": config, "value": value, "iterations": metrics.get("training_iteration"),
+                     "trial_id": metrics.get("trial_id"), "name": space.trial_name(result.config or {})})
     sign = 1 if space.mode == "min" else -1
     rows.sort(key=lambda r: (r["value"] is None or not math.isfinite(r["value"]), sign * (r["value"] or 0)))
     return rows
@@ -575,22 +606,14 @@ def _rows(space: Space, results, stopped: set[str], interrupted: bool = False) -
 def print_summary(outcome: SweepOutcome) -> None:
     space = outcome.space
     print(f"\n== {space.name}: {len(outcome.rows)} trials, {space.metric} ({space.mode}) ==")
-    keys = list(space.search_space)
-    header = [space.metric, "status", "iters", *keys]
-    table = [
-        [
-            "-" if r["value"] is None else f"{r['value']:.4g}",
-            r["status"],
-            str(r["iterations"] or "-"),
-            *[_cell(r["config"].get(k, "")) for k in keys],
-        ]
-        for r in outcome.rows
-    ]
+    header = [space.metric, "status", "iters", "trial"]
+    table = [["-" if r["value"] is None else f"{r['value']:.4g}", r["status"], str(r["iterations"] or "-"), r["name"]]
+             for r in outcome.rows]
     widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(header)]
     for row in [header, *table]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
     counts = outcome.counts()
-    print(f"{space.name}: " + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what == "finished"))
+    print(f"{space.name}: {tally(counts)}")
     uri = redacted(outcome.tracking_uri)  # printed (and kept in job logs): never a password
     if outcome.unsent:
         print(f"MLflow: {outcome.unsent} not written to {uri}; kept in "
@@ -602,9 +625,4 @@ def print_summary(outcome: SweepOutcome) -> None:
     print(f"Tune results: {outcome.path}")
     print(f"Best configs: {shlex.join(['ratsweep', 'best', space.name, '--tracking-uri', uri])}")
     print(f"MLflow UI:    {tracking.open_ui_command(uri)}")
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    print(f"Runs, best first: {tracking.runs_link(uri, outcome.experiment_id, Path(outcome.path).name)}")

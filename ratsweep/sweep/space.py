@@ -141,6 +141,29 @@ class Space:
         merged = {**self.config, **values}
         return {k: v for k, v in values.items() if cfg.applies(self.config_class, k, merged)}
 
+    def trial_name(self, values: dict[str, Any]) -> str:
+        """A trial's short name from the values searched, in the space's order, seed last:
+        "abs · rational(5,4) leaky_relu · s0" (a rational's degrees always, its other searched keys
+        beside it); the experiment's name where nothing is searched."""
+        searched = self.active(values)
+        parts, rational = [], []
+        for key, value in searched.items():
+            if key == "seed":
+                continue
+            if key.startswith("rational.") and key != "rational.degrees":
+                rational.append(_short(key, value))
+            elif key == "activation" and value == "rational":
+                degrees = self.build_config(values).rational.degrees
+                parts.append(f"rational({degrees[0]},{degrees[1]})")
+            elif key != "rational.degrees" or searched.get("activation") is None:
+                parts.append(_short(key, value))
+        if rational:  # beside the rational's own part where there is one
+            at = next((i for i, part in enumerate(parts) if part.startswith("rational(")), len(parts) - 1)
+            parts[at:at + 1] = [" ".join([*parts[at:at + 1], *rational])]
+        if "seed" in searched:
+            parts.append(f"s{searched['seed']}")
+        return " · ".join(parts) or self.experiment
+
     def trial_bound(self) -> int:
         """At most how many trials the sweep runs, counted without expanding them: every grid point
         times num_samples (fewer run where keys that do not apply make configs repeat), or
@@ -176,6 +199,21 @@ class Space:
     def build_config(self, trial: dict[str, Any]):
         """The experiment's config dataclass for one trial (fixed values, then the trial's)."""
         return cfg.build(self.config_class, self.active({**self.config, **trial}))
+
+
+def _short(key: str, value: Any) -> str:
+    """A searched value as a trial's name shows it: a word as itself, a number or list with its key."""
+    name = key.rsplit(".", 1)[-1]
+    if isinstance(value, bool):  # lsuv / no lsuv; no_norm: no norm / norm
+        positive = name.removeprefix("no_")
+        return (f"no {positive}" if value else positive) if name.startswith("no_") else (name if value else f"no {name}")
+    if isinstance(value, float):
+        return f"{name} {value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return f"{name} ({','.join(map(str, value))})"
+    if isinstance(value, int) or value in ("none", "None", None):  # norm: none reads "no norm"
+        return f"{name} {value}" if isinstance(value, int) else f"no {name}"
+    return str(value) if len(str(value)) > 2 else f"{name} {value}"  # version A
 
 
 def bundled_dir() -> Path:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,12 @@ from .trainable import ARTIFACTS, RESULT_KEY, TAGS_ATTRIBUTE
 # output (and job logs); ratsweep's summary says where the runs are instead.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
-TAG_KIND, TAG_SWEEP = "ratsweep.kind", "ratsweep.sweep"  # TAG_TRIAL, TAG_PARENT: the outbox's, which finds runs by them
+# On the sweep's run and every trial's (TAG_TRIAL, TAG_PARENT: the outbox's, which finds runs by them):
+# filter a store with tags.`ratsweep.sweep` = 'NAME' and tags.`ratsweep.smoke` = 'false'.
+TAG_KIND, TAG_SWEEP, TAG_SWEEP_ID, TAG_SMOKE = "ratsweep.kind", "ratsweep.sweep", "ratsweep.sweep_id", "ratsweep.smoke"
+# Trials step through their reports by the experiment's own clock: the first of these a report holds
+# is its MLflow step (else Tune's report count).
+STEP_KEYS = ("step", "epoch", "updates")
 TAG_REPORT = "ratsweep.report"  # on a sweep run: its search space's report layout (JSON)
 PLAN_FILE = "plan.json"  # on a sweep run: what it set out to run (sweep_plan), for `report`
 # Bookkeeping Tune adds to every result: not metrics of the experiment.
@@ -130,15 +136,24 @@ def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3 sorts experiments into GenAI and model training by this tag (its UI's default tab for one);
+# a sweep's is model training.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TAG = (EXPERIMENT_KIND, "custom_model_development")
+
+
 def ensure_experiment(mlflow_client: MlflowClient, name: str, uri: str, space: Space) -> str:
     """The MLflow experiment for this sweep name, created once, here on the driver."""
     existing = mlflow_client.get_experiment_by_name(name)
     if existing is not None:
+        if EXPERIMENT_KIND not in existing.tags:  # made by an earlier ratsweep
+            mlflow_client.set_experiment_tag(existing.experiment_id, *EXPERIMENT_KIND_TAG)
         return existing.experiment_id
     return mlflow_client.create_experiment(
         name,
         artifact_location=artifact_root(uri) and f"{artifact_root(uri)}/{name}",
-        tags={"ratsweep.experiment": space.experiment, "ratsweep.metric": space.metric, "ratsweep.mode": space.mode},
+        tags={"ratsweep.experiment": space.experiment, "ratsweep.metric": space.metric, "ratsweep.mode": space.mode,
+              EXPERIMENT_KIND: EXPERIMENT_KIND_TAG[1]},
     )
 
 
@@ -169,9 +184,11 @@ def provenance(space: Space) -> dict[str, str]:
         if dist is None:  # registered from a script
             continue
         try:
-            tags[f"ratsweep.provider.{dist}"] = importlib.metadata.version(dist)
+            version = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
             continue
+        if dist != "ratsweep":  # ratsweep.version says that one
+            tags[f"ratsweep.provider.{dist}"] = version
         file = getattr(sys.modules.get(module), "__file__", None)
         commit = git_commit(file) if file else None
         if commit:
@@ -197,8 +214,8 @@ def start_sweep_run(mlflow_client: MlflowClient, experiment_id: str, space: Spac
     import ratsweep  # noqa: PLC0415
 
     tags = {
-        TAG_KIND: "sweep", TAG_SWEEP: sweep_id, "ratsweep.version": ratsweep.__version__,
-        "ratsweep.space": space.path, "ratsweep.smoke": str(smoke), "mlflow.runName": f"sweep {sweep_id}",
+        TAG_KIND: "sweep", TAG_SWEEP: space.name, TAG_SWEEP_ID: sweep_id, TAG_SMOKE: str(smoke).lower(),
+        "ratsweep.version": ratsweep.__version__, "ratsweep.space": space.path, "mlflow.runName": f"sweep {sweep_id}",
     }
     if space.report:
         tags[TAG_REPORT] = json.dumps(space.report)
@@ -207,6 +224,7 @@ def start_sweep_run(mlflow_client: MlflowClient, experiment_id: str, space: Spac
     if commit:
         tags["git.commit"] = commit
     run = mlflow_client.create_run(experiment_id, tags=tags)
+    mlflow_client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + sweep_id, runs_view(space, sweep_id))
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "search_space.yaml"
@@ -240,28 +258,41 @@ class MlflowTracking(Callback):
     """Tune callback that mirrors every trial into an MLflow child run of the sweep's parent run.
     Its writes go through an Outbox: held while the store is down, never dropped silently."""
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, space: Space, folder: str | Path | None = None):
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, space: Space, folder: str | Path | None = None,
+                 sweep_id: str = "", smoke: bool = False):
         self.space = space
         self.outbox = Outbox(uri, experiment_id, parent_run_id, folder, background=True)
+        self.sweep_tags = {TAG_SWEEP: space.name, TAG_SWEEP_ID: sweep_id, TAG_SMOKE: str(smoke).lower()}
+        self._names: dict[str, str] = {}  # trial id -> its run's name, each distinct
         self._failures: dict[str, str] = {}
         self._configs: dict[str, dict] = {}  # the applicable config each run was started with
         self._last_step: dict[str, int] = {}  # the last report step logged per trial
         self._replaying: dict[str, int] = {}  # a retried trial's reports up to this step were logged before it failed
+        self._last_x: dict[str, int] = {}  # the MLflow step of each trial's last report (its images are logged at it)
         self.commit = git_commit()  # of the driver's code, which the trials run
         self.provenance = provenance(space)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         params = {k: _param(v) for k, v in cfg.flatten(self.space.build_config(trial.config)).items()}
         tags = {TAG_PARENT: self.outbox.parent_run_id, TAG_KIND: "trial", TAG_TRIAL: trial.trial_id,
-                "mlflow.runName": f"{self.space.experiment} {trial.trial_id}",
+                "mlflow.runName": self._name(trial), **self.sweep_tags,
                 "ratsweep.searched": ",".join(sorted(self.space.active(trial.config)))}
         if self.commit:
             tags["git.commit"] = self.commit
         self._configs.setdefault(trial.trial_id, self.space.active(trial.config))
         self.outbox.put({"op": "start", "trial": trial.trial_id, "create": {"tags": tags | self.provenance, "params": params}})
 
+    def _name(self, trial) -> str:
+        """The trial's name from its searched values; a second trial that reads the same (random
+        values equal to 3 digits) gets its Tune id added."""
+        if trial.trial_id not in self._names:
+            name = self.space.trial_name(trial.config)
+            self._names[trial.trial_id] = name if name not in self._names.values() else f"{name} · {trial.trial_id}"
+        return self._names[trial.trial_id]
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         step, now = int(result.get("training_iteration", 0)), int(time.time() * 1000)
+        x = next((int(result[k]) for k in STEP_KEYS if isinstance(result.get(k), (int, float))), step)  # the MLflow step
         extra = result.get(RESULT_KEY) or {}
         # an artifacts-only result repeats the last report's metrics: they are logged once. NaN (a
         # diverged trial's last report) is not logged, so the run keeps the last finite value: for a
@@ -271,7 +302,8 @@ class MlflowTracking(Callback):
             self._replaying.pop(trial.trial_id, None)
             self._last_step[trial.trial_id] = step
         metrics = [] if extra.get("artifacts_only") or replayed else \
-            [[k, v, now, step] for k, v in _numeric(result).items() if not math.isnan(v)]
+            [[k, v, now, x] for k, v in _numeric(result).items() if not math.isnan(v)]
+        self._last_x[trial.trial_id] = x
         params = {k: _param(v) for k, v in (extra.get("params") or {}).items()}
         tags = {k: str(v) for k, v in (extra.get("tags") or {}).items()}
         config = self.space.active(trial.config)
@@ -289,7 +321,7 @@ class MlflowTracking(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         status = "FAILED" if trial.trial_id in self._failures else "FINISHED"
         self.outbox.put({"op": "end", "trial": trial.trial_id, "status": status, "unless_finished": True,
-                         "artifacts": self._artifacts(trial)})
+                         "artifacts": self._artifacts(trial), "step": self._last_x.get(trial.trial_id, 0)})
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A trial that failed (its node died) restarts from its last checkpoint, which may predate its
@@ -342,9 +374,62 @@ def trial_runs(uri: str, parent_run_id: str) -> dict[str, tuple[str, str]]:
     return {run.data.tags.get(TAG_TRIAL, ""): (run.info.run_id, run.info.status) for run in runs}
 
 
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
 def open_ui_command(uri: str) -> str:
     if sqlite_file(uri) is not None:
         return shlex.join(["mlflow", "ui", "--backend-store-uri", uri])
     return f"open {uri} in a browser (experiment runs are under the sweep's name)"
+
+
+# MLflow's UI keeps a runs table's state (filter, sort, columns) it shares as an experiment tag of
+# this prefix, opened by ?viewStateShareKey=KEY: ratsweep shares one per sweep.
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+
+
+def runs_view(space: Space, sweep_id: str) -> str:
+    """The shared view of one sweep's runs (its trials and its own run), best first, with the metric
+    and the searched keys as columns."""
+    return json.dumps({
+        "searchFilter": f"tags.`{TAG_SWEEP_ID}` = '{sweep_id}'", "orderByKey": f"metrics.`{space.metric}`",
+        "orderByAsc": space.mode == "min", "compareRunsMode": "TABLE",
+        "selectedColumns": [f"metrics.`{space.metric}`", *(f"params.`{key}`" for key in space.search_space)],
+    })
+
+
+def runs_link(uri: str, experiment_id: str, sweep_id: str) -> str:
+    """The MLflow UI's page of the sweep's shared view (runs_view), on its "Model training" side (not GenAI's)."""
+    parts = urllib.parse.urlsplit(uri)
+    server = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}" \
+        if parts.scheme in ("http", "https") else UI_ADDRESS  # never the URI's credentials
+    return f"{server}/#/experiments/{experiment_id}/runs?viewStateShareKey={sweep_id}&workflowType=machine_learning"
+
+
+def outcome_op(space: Space, rows: list[dict[str, Any]], runs: dict[str, str], experiment_id: str, smoke: bool,
+               tally: str, top: int = 5) -> dict[str, Any]:
+    """The sweep run's outcome as an outbox operation: the best value as metric best.<metric>, the
+    best trial's searched values as params best.<key>, and a description (the UI's markdown note)
+    with the top trials (rows: the summary's, best first) and how to rerun the best one."""
+    ranked = [r for r in rows if r["status"] == "OK" and r["value"] is not None and math.isfinite(r["value"])]
+    if not ranked:
+        note = f"### {space.name}: no finished trial has {space.metric}\n\n{len(rows)} trials: {tally}.\n"
+        return {"op": "outcome", "metrics": [], "params": {}, "tags": {"mlflow.note.content": note}}
+    best = ranked[0]  # rows come best first
+
+    def link(row) -> str:
+        run = runs.get(row["trial_id"])
+        return f"[{run[:8]}](#/experiments/{experiment_id}/runs/{run})" if run else "-"
+
+    lines = [f"### {space.name}: best {space.metric} ({space.mode}) {best['value']:.6g}, {best['name']}", "",
+             f"{len(rows)} trials: {tally}.", "", f"| rank | trial | {space.metric} | run |", "|---|---|---|---|"]
+    lines += [f"| {i} | {row['name']} | {row['value']:.6g} | {link(row)} |" for i, row in enumerate(ranked[:top], 1)]
+    best_command = shlex.join(["ratsweep", "best", space.name, *(["--include-smoke"] if smoke else []), "--format", "yaml"])
+    lines += ["", f"Rerun the best config: `{best_command} > best.yaml && ratsweep run best.yaml`",
+              "", "The report's table and plots: Artifacts, report/ (`ratsweep report " + space.name + "`)."]
+    return {"op": "outcome", "metrics": [[f"best.{space.metric}", best["value"], int(time.time() * 1000), 0]],
+            "params": {f"best.{k}": _param(v) for k, v in best["config"].items()},
+            "tags": {"mlflow.note.content": "\n".join(lines) + "\n", "ratsweep.best_trial": best["name"],
+                     **({"ratsweep.best_run": runs[best["trial_id"]]} if best["trial_id"] in runs else {})}}
 
 

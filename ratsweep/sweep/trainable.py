@@ -35,17 +35,30 @@ ITERATION_KEY = "training_iteration"  # in each checkpoint's metadata: the Tune 
 ARTIFACTS = "artifacts"
 
 
+ENVIRONMENT_FILE = "environment.json"  # among a trial's artifacts: everything environment_tags leaves out
+
+
 def environment_tags() -> dict[str, str]:
-    """Where and with what this trial runs (tags on its MLflow run)."""
+    """Where this trial runs, as tags a user reads on its MLflow run: ratsweep's version, the device
+    (and CUDA's version only where a GPU runs it), the Ray node."""
     on_gpu = torch.cuda.is_available()
-    return {
+    tags = {
         "ratsweep.version": ratsweep.__version__,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda or "none",
         "device": torch.cuda.get_device_name() if on_gpu else f"cpu ({platform.processor() or platform.machine()})",
         "ray.node_id": ray.get_runtime_context().get_node_id(),
-        "hostname": platform.node(),
     }
+    if on_gpu:
+        tags["cuda"] = torch.version.cuda or "none"
+    return tags
+
+
+def environment() -> dict[str, str]:
+    """The rest of what ran the trial (environment.json): versions, host, threads."""
+    import numpy  # noqa: PLC0415
+
+    return {**environment_tags(), "torch": torch.__version__, "torch.cuda": torch.version.cuda or "none",
+            "numpy": numpy.__version__, "ray": ray.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "hostname": platform.node(), "torch.threads": str(torch.get_num_threads())}
 
 
 def kernel_tags() -> dict[str, str]:
@@ -164,6 +177,7 @@ def make_trainable(space: Space, smoke: bool, data_dir: str, flush_denormal: boo
         functional.reset_backends_used()  # a reused actor ran other trials before
         with tempfile.TemporaryDirectory(prefix="ratsweep-artifacts-") as artifacts:
             state, iteration = restored_state()
+            Path(artifacts, ENVIRONMENT_FILE).write_text(json.dumps(environment(), indent=2))
             session = TuneSession(smoke, data_dir, state, Path(artifacts), space.metric, iteration)
             try:
                 experiment.run(config, session)
