@@ -7,6 +7,8 @@ import platform
 import sys
 import time
 
+from ratsweep.errors import EXIT_INCOMPLETE, EXIT_OK, EXIT_TRIALS_FAILED  # light: no Ray, MLflow or torch
+
 
 def check(args: argparse.Namespace) -> int:
     """Which rational kernels run here: a forward and a backward on each device, checked against the
@@ -47,7 +49,7 @@ def check(args: argparse.Namespace) -> int:
         failed |= status != "ok"
         print(f"{name} kernels: {status} ({note}; first forward and backward {time.perf_counter() - t0:.1f} s, "
               f"largest relative error {err:.1e})")
-    return 1 if failed else 0
+    return EXIT_INCOMPLETE if failed else EXIT_OK
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -55,7 +57,7 @@ def _overrides(pairs: list[str]) -> dict:
     import yaml
 
     from ratsweep.config import yaml_load
-    from ratsweep.sweep.space import UserError
+    from ratsweep.errors import UserError
 
     out = {}
     for pair in pairs:
@@ -76,10 +78,6 @@ def _load(args: argparse.Namespace):
                 max_trials=getattr(args, "max_trials", None))
 
 
-# Exit codes of `ratsweep run` (README: Exit codes): 0 every trial finished, 2 bad input (nothing
-# started), 3 the sweep ran but some trials failed or diverged, 128 + signal when interrupted.
-EXIT_TRIALS_FAILED = 3
-
 
 def _resume_command(args: argparse.Namespace) -> str:
     """The command the user ran, with --resume: how an interrupted sweep continues."""
@@ -94,14 +92,14 @@ def run(args: argparse.Namespace) -> int:
     import signal
 
     spaces = _load(args)  # every document valid before anything starts
-    from ratsweep.sweep import runner, tracking
+    from ratsweep.sweep import ray_internals, runner, tracking
     from ratsweep.sweep import submit as submission
     from ratsweep.sweep.space import check_writable_folder
 
     runner.Signals.install()
     # a job sent by `ratsweep submit` is continued by the same submit command, with --resume
     resume = os.environ.get(submission.RESUME_HINT_VAR) or _resume_command(args)
-    in_job = runner.in_ray_job()  # `ray job submit -- ratsweep run ...`, or ratsweep submit's job
+    in_job = ray_internals.in_ray_job()  # `ray job submit -- ratsweep run ...`, or ratsweep submit's job: its folder is a temporary copy
     if in_job:  # the job's folder is temporary: results must go somewhere lasting
         submission.lasting_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
         submission.lasting_path(args.storage)
@@ -140,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted while Ray shut down; every sweep had ended", file=sys.stderr)
         return 128 + (runner.Signals.received or signal.SIGINT)
-    return EXIT_TRIALS_FAILED if failed else 0
+    return EXIT_TRIALS_FAILED if failed else EXIT_OK
 
 
 def server(args: argparse.Namespace) -> int:
@@ -157,7 +155,7 @@ def sync(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ratsweep.sweep import runner
-    from ratsweep.sweep.space import UserError
+    from ratsweep.errors import UserError
 
     target = Path(args.target)
     if not target.exists():  # a sweep name: its newest folder under --storage
@@ -169,7 +167,7 @@ def sync(args: argparse.Namespace) -> int:
                         f"{runner.OUTBOX_FILE}, or a sweep name")
     message = runner.sync(target, wait_s=args.wait)
     print(f"ratsweep sync: {message or 'nothing held in ' + str(target)}")
-    return 1 if message.startswith("could not") else 0
+    return EXIT_INCOMPLETE if message.startswith("could not") else EXIT_OK
 
 
 def validate(args: argparse.Namespace) -> int:
@@ -213,7 +211,7 @@ def list_plugins(args: argparse.Namespace) -> int:
 def describe(args: argparse.Namespace) -> int:
     """An experiment's config keys (types, defaults, conditions), metrics, datasets and architectures."""
     from ratsweep import config, registry
-    from ratsweep.sweep.space import UserError
+    from ratsweep.errors import UserError
 
     try:
         exp = registry.get_experiment(args.name)
@@ -258,7 +256,8 @@ def data(args: argparse.Namespace) -> int:
     if args.name is None:
         _print_datasets()
         return 0
-    from ratsweep.sweep.space import UserError, check_writable_folder
+    from ratsweep.errors import UserError
+    from ratsweep.sweep.space import check_writable_folder
 
     try:
         dataset = registry.get_dataset(args.name)
@@ -300,6 +299,7 @@ def report(args: argparse.Namespace) -> int:
     """A paper-style table of a sweep from MLflow: mean ± std over seeds per cell with finished, diverged,
     failed and missing seeds counted, best and second best marked; the paper's numbers beside it; plots."""
 
+    from ratsweep.errors import UserError
     from ratsweep.sweep import results, tracking
     from ratsweep.sweep.space import check_writable_folder
 
@@ -314,7 +314,7 @@ def report(args: argparse.Namespace) -> int:
     results.check_layout(sweep, layout)
     if args.paper is not None:
         if args.format == "latex":
-            raise results.UserError("--paper: expected --format md or csv")
+            raise UserError("--paper: expected --format md or csv")
         print(results.paper_comparison(sweep, layout, args.format, args.paper or None, args.failed_as), end="")
     else:
         print(results.table(sweep, layout, args.format, args.failed_as), end="")
@@ -461,13 +461,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def _guarded(args: argparse.Namespace) -> int:
     """User errors are one line and exit code 2, never a stack trace."""
-    from ratsweep.config import ConfigError
-    from ratsweep.experiments.common import DataError
-    from ratsweep.sweep.space import UserError
+    from ratsweep.errors import EXIT_BAD_INPUT, UserError
 
     try:
         return args.run(args)
-    except (ConfigError, DataError, UserError) as e:
+    except UserError as e:  # ConfigError, SpaceError, DataError, NotFound too
         for line in str(e).splitlines():  # a search space's every mistake, one line each
             print(f"ratsweep {args.command}: {line}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT

@@ -21,13 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config value is missing, unknown or of the wrong type; `key` names it."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-        self.key = key
+from .errors import ConfigError
 
 
 def check(ok: bool, key: str, expected: str, got: Any) -> None:

@@ -163,3 +163,33 @@ def test_a_restored_outbox_keeps_the_writes_its_file_held(outbox):
     run_id = restored.runs["a"]
     assert [m.step for m in restored.client.get_metric_history(run_id, "loss")] == [1, 2, 3]
     assert restored.client.get_run(run_id).data.params == {"lr": "0.1"}
+
+
+def test_the_sender_thread_changes_no_process_wide_state(outbox, monkeypatch):
+    """os.environ is the process's: the sender thread only reads it (MLflow's one-try settings are
+    set once, as the module loads)."""
+    import threading
+
+    writes = []
+
+    class Recorded(dict):
+        def __setitem__(self, key, value):
+            writes.append((threading.current_thread().name, key))
+            super().__setitem__(key, value)
+
+        def __delitem__(self, key):
+            writes.append((threading.current_thread().name, key))
+            super().__delitem__(key)
+
+        def pop(self, key, *default):
+            writes.append((threading.current_thread().name, key))
+            return super().pop(key, *default)
+
+    monkeypatch.setattr(os, "environ", Recorded(os.environ))
+    outbox.background = True
+    outbox.put(start("a", {"lr": "0.1"}, outbox.parent_run_id))
+    outbox.put(log("a", 1))
+    Outbox.stop_senders()
+    assert outbox.runs["a"] and not outbox.pending
+    assert [w for w in writes if w[0] != threading.main_thread().name] == []
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"  # one try: the outbox retries, not MLflow

@@ -24,7 +24,8 @@ from helpers import artifacts, mlflow_client, ratsweep, trial_runs
 from services import free_port, install_plugin
 from synthetic_data import write_cifar10, write_minari, write_tinyimagenet
 
-from ratsweep import cli, registry
+from ratsweep import registry
+from ratsweep.errors import EXIT_TRIALS_FAILED
 from ratsweep.sweep.space import load
 
 SMOKE_SPACE = """\
@@ -302,7 +303,7 @@ def test_plugin_package_is_discovered_and_swept(tmp_path, plugin_env):
         config: {model: digits_tiny}
         """))
     proc = ratsweep(tmp_path, "run", "toy.yaml", "--smoke", env=env, check=False)
-    assert proc.returncode == cli.EXIT_TRIALS_FAILED, proc.stderr[-3000:]  # the sweeps ran; some trials failed
+    assert proc.returncode == EXIT_TRIALS_FAILED, proc.stderr[-3000:]  # the sweeps ran; some trials failed
     assert "== toy_sweep: 8 trials" in proc.stdout and "toy_sweep: 2 finished, 4 failed, 2 diverged" in proc.stdout
     assert "toy_unreported: 1 finished, 1 failed" in proc.stdout and "toy_digits: 1 finished" in proc.stdout
     client = mlflow_client(tmp_path)
@@ -334,6 +335,15 @@ def test_plugin_package_is_discovered_and_swept(tmp_path, plugin_env):
     assert report.count("fails to train (0, 1 diverged)") == 2 and report.count("- (0, 1 failed)") == 4  # not dropped
     [digits] = trial_runs(client, "toy_digits")[0]
     assert digits.info.status == "FINISHED" and digits.data.params["model"] == "digits_tiny"
+
+
+def test_a_trials_torch_flags_do_not_reach_the_next_trial_on_a_reused_worker(tmp_path, plugin_env):
+    (tmp_path / "flags.yaml").write_text("name: toy_flags\nexperiment: toy\nmetric: {name: mse, mode: min}\n"
+                                         "search_space:\n  threads: {grid: [2, 0, 3]}\n")
+    ratsweep(tmp_path, "run", "flags.yaml", "--smoke", "--max-concurrent", "1", env=plugin_env)
+    runs, _ = trial_runs(mlflow_client(tmp_path), "toy_flags")
+    assert len({r.data.params["pid"] for r in runs}) == 1  # one worker ran them all, one after another (reuse_actors)
+    assert {r.data.params["flags_at_start"] for r in runs} == {"1 False"}, [r.data.params for r in runs]
 
 
 def test_best_yaml_reruns_every_experiments_default_config(tmp_path, plugin_env):

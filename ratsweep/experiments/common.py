@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, check
+from ..config import check
+from ..errors import ConfigError, DataError, Diverged  # noqa: F401  (DataError, Diverged: what experiments raise)
 from ..rational import Rational, rational_param_groups, replace_activations  # noqa: F401  (re-exported)
 from ..rational.fits import MAX_DEGREE, TARGETS
 
@@ -36,15 +37,6 @@ FIXED_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
 }
 assert set(RationalInit.__args__) <= set(TARGETS)
-
-
-class Diverged(RuntimeError):
-    """The loss became NaN or infinite: the trial stops and is recorded FAILED with this reason."""
-
-
-class DataError(RuntimeError):
-    """A dataset is missing or unreadable; the message (one line) says how to get it. Retrying a
-    trial cannot fix it, so it is recorded FAILED at once, and a sweep checks first (registry datasets)."""
 
 
 class Session(Protocol):

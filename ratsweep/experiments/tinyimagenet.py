@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import ConfigError, check
+from ..config import check
+from ..errors import ConfigError
 from ..rational import capture_inputs
 from ..registry import create_model, register_architecture, register_dataset, register_experiment
 from .common import (

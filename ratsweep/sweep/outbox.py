@@ -15,7 +15,6 @@ server came back lands in the same run.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -23,7 +22,6 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,19 +43,11 @@ BATCH_LOOKAHEAD = 256  # how far past the first pending write a batch looks (a l
 TAG_TRIAL, TAG_PARENT = "ratsweep.trial_id", "mlflow.parentRunId"
 
 
-@contextlib.contextmanager
-def one_try(timeout_s: float = WRITE_TIMEOUT_S) -> Iterator[None]:
-    """MLflow's HTTP client without its own retries (minutes of them by default): the caller decides on retrying."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")}
-    os.environ.update(MLFLOW_HTTP_REQUEST_TIMEOUT=str(int(timeout_s)), MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+# MLflow's HTTP client, in this process, tries each request once with a bound (by default it retries
+# for minutes): the outbox decides on retrying, and the CLI's checks answer in seconds. Set here, once,
+# as the module loads (in the main thread: os.environ is not for threads to change under each other).
+os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(WRITE_TIMEOUT_S)
 
 
 def transient(error: Exception) -> bool:
@@ -257,8 +247,7 @@ class Outbox:
                 time.sleep(min(self.retry_at, deadline, now + WAITING_RETRY_S) - now)
             started = time.perf_counter()
             try:
-                with one_try():
-                    self._send(op)
+                self._send(op)
             except Exception as e:  # noqa: BLE001  (MLflow raises many types; `transient` sorts them)
                 # a refused batch: one write's bad value must not take the others with it, each goes again alone
                 split = len(batch) > 1 and not transient(e)

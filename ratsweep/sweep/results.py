@@ -25,13 +25,9 @@ from mlflow.tracking import MlflowClient
 from .. import config as cfg
 from .. import registry
 from . import paper
-from .space import UserError
+from ..errors import NotFound, UserError
 from . import tracking
 from .tracking import PLAN_FILE, TAG_KIND, TAG_PARENT, TAG_REPORT, TAG_SMOKE
-
-
-class NotFound(UserError):
-    """No such MLflow experiment, or no finished trials in it."""
 
 
 @dataclass

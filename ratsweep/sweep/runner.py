@@ -23,9 +23,10 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from .. import config as cfg
 from .. import registry
-from . import search, tracking
-from .outbox import OUTBOX_FILE, Outbox, one_try, reason, redacted
-from .space import Space, SpaceError, UserError
+from . import ray_internals, search, tracking
+from .outbox import OUTBOX_FILE, Outbox, reason, redacted
+from ..errors import SpaceError, UserError
+from .space import Space
 from .trainable import ITERATION_KEY, checkpoint_iteration, make_trainable
 
 FINAL_WAIT_S = 30  # how long a finished sweep keeps trying to send held MLflow writes (RATSWEEP_MLFLOW_FINAL_WAIT_S)
@@ -193,6 +194,7 @@ def check_ray_temp() -> None:
 def init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
+    ray_internals.check_version()
     check_address(address)
     local = address is None and "RAY_ADDRESS" not in os.environ
     if local:
@@ -209,7 +211,7 @@ def init_ray(address: str | None) -> None:
     # MLflow is the sweep's record: Tune's TensorBoard files are not written (its result.json and
     # progress.csv are, by the callbacks _new_tuner adds).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    logging.getLogger("ray.train._internal.syncer").addFilter(_VanishedTempFile())
+    logging.getLogger(ray_internals.SYNC_LOGGER).addFilter(_VanishedTempFile())
     try:
         ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     except ConnectionError as e:  # --address auto with no Ray running here
@@ -224,14 +226,6 @@ def init_ray(address: str | None) -> None:
 def shutdown_ray() -> None:
     """Stop the local Ray this driver started (about a second), or leave the cluster it joined."""
     ray.shutdown()
-
-
-def in_ray_job() -> bool:
-    """This driver is a Ray job's entrypoint (`ray job submit`, `ratsweep submit`): Ray attaches it to
-    the job's cluster, and its working dir is a temporary copy."""
-    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR  # noqa: PLC0415  (the supervisor sets it)
-
-    return RAY_JOB_CONFIG_JSON_ENV_VAR in os.environ
 
 
 def check_cluster(space: Space, smoke: bool = False) -> None:
@@ -385,23 +379,17 @@ def repoint_lost_checkpoints(experiment: Path) -> list[str]:
     saves its experiment state only on a period: a driver killed in between leaves a state naming a
     deleted checkpoint, and that trial would fail every restore. Point it at the checkpoint that
     replaced it instead, with the iteration the trainable recorded there; returns the trials repointed."""
-    # Tune's own (de)serialisation of its state: the checkpoint manager and storage are pickled inside
-    from ray.train._internal.checkpoint_manager import _CheckpointManager  # noqa: PLC0415
-    from ray.train._internal.session import _TrainingResult  # noqa: PLC0415
-    from ray.tune.trainable.metadata import _TrainingRunMetadata  # noqa: PLC0415
-    from ray.tune.utils.serialization import TuneFunctionEncoder, _loads_with_cloudpickle  # noqa: PLC0415
-
     repointed = []
     for path in sorted(experiment.glob("experiment_state-*.json")):
         state = json.loads(path.read_text())
         changed = False
         for pair in state["trial_data"]:
-            metadata = _TrainingRunMetadata.from_json_state(pair[1])
-            manager = metadata.checkpoint_manager
-            latest = manager.latest_checkpoint_result if manager else None
+            trial, metadata = ray_internals.read_trial(pair)
+            latest = ray_internals.latest_checkpoint(metadata)
             if latest is None:
                 continue
-            lost = Path(latest.checkpoint.path)
+            recorded, recorded_metrics = latest
+            lost = Path(recorded.path)
             folder = experiment / lost.parent.name
             if (folder / lost.name).exists():
                 continue
@@ -412,18 +400,16 @@ def repoint_lost_checkpoints(experiment: Path) -> list[str]:
             replacement, iteration = next(((c, i) for c, i in found if i is not None), (None, None))
             if replacement is None:
                 continue  # nothing to point at: Tune says the checkpoint is gone
-            checkpoint = tune.Checkpoint(str(lost.with_name(replacement.name)), filesystem=latest.checkpoint.filesystem)
-            metrics = {**latest.metrics, ITERATION_KEY: iteration, "checkpoint_dir_name": replacement.name}
-            metadata.checkpoint_manager = _CheckpointManager(manager.checkpoint_config)
-            metadata.checkpoint_manager.register_checkpoint(_TrainingResult(checkpoint=checkpoint, metrics=metrics))
-            trial = _loads_with_cloudpickle(pair[0])
+            checkpoint = tune.Checkpoint(str(lost.with_name(replacement.name)), filesystem=recorded.filesystem)
+            metrics = {**recorded_metrics, ITERATION_KEY: iteration, "checkpoint_dir_name": replacement.name}
+            ray_internals.replace_latest_checkpoint(metadata, checkpoint, metrics)
             trial["storage"].current_checkpoint_index = int(replacement.name.removeprefix("checkpoint_"))  # the next is one more
-            pair[:] = [json.dumps(trial, indent=2, cls=TuneFunctionEncoder), metadata.get_json_state()]
+            pair[:] = ray_internals.write_trial(trial, metadata)
             repointed.append(f"{trial['trial_id']} ({lost.name} -> {replacement.name})")
             changed = True
         if changed:
             staged = path.with_name(f".{path.name}.ratsweep")
-            staged.write_text(json.dumps(state, indent=2, cls=TuneFunctionEncoder))
+            staged.write_text(ray_internals.write_state(state))
             staged.replace(path)
     return repointed
 
@@ -495,9 +481,8 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
     # restarted (KILLED); read only once every held write is sent, else Tune's own statuses stand
     runs: dict[str, tuple[str, str]] = {}  # trial id -> (run id, status)
     try:
-        with one_try():
-            if outbox.flush():
-                runs = tracking.trial_runs(uri, parent)
+        if outbox.flush():
+            runs = tracking.trial_runs(uri, parent)
     except Exception:  # noqa: BLE001  (the store went away again)
         pass
     stopped = {trial for trial, (_, status) in runs.items() if status in ("RUNNING", "KILLED")}
@@ -520,8 +505,7 @@ def _attach_report(uri: str, space: Space, parent: str, smoke: bool) -> None:
     from . import results  # noqa: PLC0415  (matplotlib, only now)
 
     try:
-        with one_try():
-            results.attach_report(uri, space.name, parent, smoke)
+        results.attach_report(uri, space.name, parent, smoke)
     except Exception as e:  # noqa: BLE001  (the sweep's runs are complete: a report can be made later)
         print(f"ratsweep: {space.name}: the report was not attached to the sweep's MLflow run ({reason(e)}); "
               f"`ratsweep report {space.name} --plots DIR` attaches it", flush=True)

@@ -13,7 +13,7 @@ import sys
 import urllib.parse
 
 from .outbox import reason, redacted
-from .space import UserError
+from ..errors import UserError
 
 
 def check_backend(uri: str, connections: int = 0) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from ..errors import ConfigError, SpaceError, UserError
 from .. import config as cfg
 from .. import registry
 
@@ -42,10 +43,6 @@ TOP_LEVEL = (
 REPORT_KEYS = ("rows", "columns", "best_of", "percent", "curve", "labels", "paper", "std", "best", "decimals")
 
 
-class UserError(ValueError):
-    """A mistake in what the user asked for: the CLI prints it as one line and exits with 2."""
-
-
 def check_writable_folder(path: str | Path, option: str) -> Path:
     """The folder an option names, created if need be and written to once, or one line naming the option."""
     folder = Path(path).expanduser()
@@ -57,10 +54,6 @@ def check_writable_folder(path: str | Path, option: str) -> Path:
     except OSError as e:
         raise UserError(f"{option}: {path}: expected a folder this machine can write ({e.strerror or e})") from None
     return folder
-
-
-class SpaceError(UserError):
-    """A search-space file is invalid; the message is one line per mistake: file, key, what was expected."""
 
 
 def encode(value):
@@ -412,7 +405,7 @@ def _parse(path: Path, doc, overrides: dict[str, Any], smoke: bool = False) -> S
         with errors.check():
             try:
                 space.build_config({})
-            except cfg.ConfigError as e:
+            except ConfigError as e:
                 _fail(path, f"config.{e.key}", str(e).split(": ", 1)[1])
     errors.raise_any()
     return space
@@ -628,7 +621,7 @@ def _check_values(path, cls, where: str, key: str, values: list) -> list:
         try:
             value = cfg.coerce(annotation, value, key)
             cfg.build(cls, {key: value})
-        except cfg.ConfigError as e:
+        except ConfigError as e:
             _fail(path, where, str(e).split(": ", 1)[1])
         out.append(list(value) if isinstance(value, tuple) else value)
     return out

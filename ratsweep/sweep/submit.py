@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 from ..rational._native import kernels_dir
-from .space import UserError, bundled_dir, resolve
+from ..errors import UserError
+from .space import bundled_dir, resolve
 from .tracking import sqlite_file
 
 EXCLUDES = [".git", ".venv", "venv", "mlruns*", "ratsweep_results", "data", "__pycache__", "*.pyc"]

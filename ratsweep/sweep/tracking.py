@@ -29,8 +29,9 @@ from ray.tune import Callback
 
 from .. import config as cfg
 from .. import registry
-from .outbox import TAG_PARENT, TAG_TRIAL, Outbox, one_try, reason, redacted
-from .space import Space, UserError
+from .outbox import TAG_PARENT, TAG_TRIAL, Outbox, reason, redacted
+from ..errors import UserError
+from .space import Space
 from .trainable import ARTIFACTS, RESULT_KEY, TAGS_ATTRIBUTE
 
 # MLflow prints each ended run's URL, credentials of the tracking URI included, into the driver's
@@ -65,15 +66,10 @@ def tracking_uri(explicit: str | None = None) -> str:
     return uri if db is None or db.is_absolute() else f"sqlite:///{os.path.abspath(db)}"
 
 
-# The start-up check gives a server this long, once, instead of MLflow's minutes of retries.
-CHECK_TIMEOUT_S = 5
-
-
 def _probe(uri: str) -> None:
-    """One quick query of the store, or a one-line UserError with MLflow's reason."""
+    """One query of the store (one try, outbox.WRITE_TIMEOUT_S at most), or a one-line UserError with MLflow's reason."""
     try:
-        with one_try(CHECK_TIMEOUT_S):
-            client(uri).search_experiments(max_results=1)
+        client(uri).search_experiments(max_results=1)
     except Exception as e:  # MLflow raises several types for bad schemes, unreachable servers, auth, bad files
         raise UserError(f"--tracking-uri: cannot use MLflow store {redacted(uri)!r}: {reason(e).replace(uri, redacted(uri))}") from None
 

@@ -8,6 +8,7 @@ divergence) travel inside the result under RESULT_KEY.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import platform
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from ray import tune
 
 import ratsweep
 
-from ..experiments.common import DataError, Diverged
+from ..errors import DataError, Diverged, MissingMetric
 from ..rational import cuda, functional
 from .space import Space
 
@@ -69,10 +71,6 @@ def kernel_tags() -> dict[str, str]:
     if "cuda" in used:
         tags["cupy"] = cuda.version()
     return tags
-
-
-class MissingMetric(RuntimeError):
-    """A report without the sweep's metric: the experiment does not report it (retrying cannot help)."""
 
 
 def _listing(directory: Path) -> dict[str, tuple[int, int]]:
@@ -160,6 +158,24 @@ def checkpoint_iteration(directory: Path) -> int | None:
     return iteration if not state.exists() or zipfile.is_zipfile(state) else None
 
 
+@contextlib.contextmanager
+def torch_flags_kept() -> Iterator[None]:
+    """Torch's process-wide flags (threads, TF32, cuDNN, determinism, default dtype) put back as the
+    trial found them: Tune reuses a worker for the next trial (reuse_actors), which must not inherit
+    what this one's config set."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (torch.get_num_threads(), cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32,
+             torch.get_float32_matmul_precision(), torch.are_deterministic_algorithms_enabled(), torch.get_default_dtype())
+    try:
+        yield
+    finally:
+        threads, cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32, precision, deterministic, dtype = saved
+        torch.set_num_threads(threads)
+        torch.set_float32_matmul_precision(precision)
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_default_dtype(dtype)
+
+
 def make_trainable(space: Space, smoke: bool, data_dir: str, flush_denormal: bool = True):
     """The function Tune runs per trial: config in, reports out; divergence or missing data recorded,
     not retried. With `flush_denormal`, CPU trials flush subnormal floats to zero: training that
@@ -175,7 +191,7 @@ def make_trainable(space: Space, smoke: bool, data_dir: str, flush_denormal: boo
         config = space.build_config(trial_config)
         torch.set_flush_denormal(flush_denormal)  # per worker process: CPU arithmetic only
         functional.reset_backends_used()  # a reused actor ran other trials before
-        with tempfile.TemporaryDirectory(prefix="ratsweep-artifacts-") as artifacts:
+        with tempfile.TemporaryDirectory(prefix="ratsweep-artifacts-") as artifacts, torch_flags_kept():
             state, iteration = restored_state()
             Path(artifacts, ENVIRONMENT_FILE).write_text(json.dumps(environment(), indent=2))
             session = TuneSession(smoke, data_dir, state, Path(artifacts), space.metric, iteration)

@@ -1,5 +1,6 @@
 """A plugin experiment ("toy": fit x^2 with one hidden layer) and architecture ("digits_tiny")."""
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ class ToyConfig:
     report_as: str = "mse"  # the metric's name in reports: another name leaves the sweep's metric unreported
     note: str = ""  # free text (a str default of "" must survive best --format yaml)
     seed: int = 0
+    threads: int = 0  # > 0: torch.set_num_threads(threads) and cuDNN benchmark on (process-wide flags a trial may set)
 
 
 @register_experiment("toy", config=ToyConfig, metrics=("mse",))
@@ -29,7 +31,11 @@ def run(config: ToyConfig, session):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     x = torch.linspace(-1, 1, 64)[:, None]
     tiny = torch.tensor([1e-40])  # a subnormal float32: 0 when the trial flushes them
-    session.log_params(num_params=sum(p.numel() for p in model.parameters()), denormals_flushed=bool((tiny * 1.0).item() == 0))
+    session.log_params(num_params=sum(p.numel() for p in model.parameters()), denormals_flushed=bool((tiny * 1.0).item() == 0),
+                       flags_at_start=f"{torch.get_num_threads()} {torch.backends.cudnn.benchmark}", pid=os.getpid())
+    if config.threads:
+        torch.set_num_threads(config.threads)
+        torch.backends.cudnn.benchmark = True
     for step in range(2):
         for _ in range(config.steps):
             loss = (model(x) - x**2).pow(2).mean()
