@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import json
 import re
 import types
 import typing
@@ -22,6 +23,13 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+
+
+def identity(values: Mapping[str, Any]) -> str:
+    """What makes two trials the same configuration: their applicable values, as one string (lists
+    and tuples alike, key order aside). Used to skip repeats, dedupe a searcher's suggestions and
+    pick a config's latest run."""
+    return json.dumps(dict(values), sort_keys=True, default=str)
 
 
 def check(ok: bool, key: str, expected: str, got: Any) -> None:

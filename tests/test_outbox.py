@@ -11,7 +11,9 @@ from unittest import mock
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ratsweep.sweep.outbox import MAX_BATCH_ENTITIES, TAG_PARENT, TAG_TRIAL, Outbox
+from ratsweep.sweep.names import PARENT as TAG_PARENT
+from ratsweep.sweep.names import TRIAL as TAG_TRIAL
+from ratsweep.sweep.outbox import MAX_BATCH_ENTITIES, Outbox
 
 
 @pytest.fixture

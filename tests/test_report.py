@@ -12,7 +12,7 @@ from mlflow.entities import Metric, Param
 
 from ratsweep import cli
 from ratsweep import config as cfg
-from ratsweep.sweep import paper, results, tracking
+from ratsweep.sweep import names, paper, results, tracking
 from ratsweep.sweep.space import UserError, load
 
 SPACE = """\
@@ -66,7 +66,7 @@ def store(tmp_path_factory):
         which = (config["activation"], config.get("rational.init"), config["norm"], config["lsuv"], config["seed"])
         if which == NEVER_RAN:
             continue
-        tags = {tracking.TAG_PARENT: parent, tracking.TAG_KIND: "trial", tracking.TAG_TRIAL: f"t{i}",
+        tags = {names.PARENT: parent, names.KIND: "trial", names.TRIAL: f"t{i}",
                 "device": "NVIDIA H100 80GB HBM3", "ray.node_id": "head"}
         if which == DIVERGED:
             tags["ratsweep.failure"] = "diverged: loss is nan at epoch 7"
@@ -82,7 +82,7 @@ def store(tmp_path_factory):
     again = tracking.start_sweep_run(client, experiment, space, "again", smoke=False)
     smoke = tracking.start_sweep_run(client, experiment, space, "smoke", smoke=True)
     for parent, config, metric in ((again, RERUN, value(RERUN)), (smoke, SMOKED, 0.99)):
-        tags = {tracking.TAG_PARENT: parent, tracking.TAG_KIND: "trial", tracking.TAG_TRIAL: "t-later"}
+        tags = {names.PARENT: parent, names.KIND: "trial", names.TRIAL: "t-later"}
         run_id = client.create_run(experiment, start_time=10**12, tags=tags).info.run_id
         client.log_batch(run_id, params=[Param(k, tracking._param(v)) for k, v in config.items()],
                          metrics=[Metric("best_test_acc", metric, 0, 1)])

@@ -30,6 +30,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
+from . import names
+
 OUTBOX_FILE = "mlflow_outbox.json"
 SPOOL_DIR = "mlflow_outbox"  # artifacts waiting to be sent, beside OUTBOX_FILE
 WRITE_TIMEOUT_S, MAX_BACKOFF_S, WAITING_RETRY_S = 10, 60, 2
@@ -40,7 +42,6 @@ LINGER_S = 0.5
 # tags at most 100): coalesced reports stay within one request, so a retried one is never half-sent.
 MAX_BATCH_ENTITIES, MAX_BATCH_PARAMS_OR_TAGS = 1000, 100
 BATCH_LOOKAHEAD = 256  # how far past the first pending write a batch looks (a long backlog stays linear to send)
-TAG_TRIAL, TAG_PARENT = "ratsweep.trial_id", "mlflow.parentRunId"
 
 
 # MLflow's HTTP client, in this process, tries each request once with a bound (by default it retries
@@ -326,7 +327,7 @@ class Outbox:
         # a new sweep's first try at a trial's run: nothing to find (saves a search per trial)
         may_exist = not self.fresh or create is None or create.get("tried")
         found = may_exist and self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{TAG_TRIAL}` = '{trial}' and tags.`{TAG_PARENT}` = '{self.parent_run_id}'",
+            [self.experiment_id], filter_string=f"tags.`{names.TRIAL}` = '{trial}' and tags.`{names.PARENT}` = '{self.parent_run_id}'",
             max_results=1)
         if found:
             run = found[0]
@@ -343,7 +344,7 @@ class Outbox:
     def _send(self, op: dict[str, Any]) -> None:
         kind = op["op"]
         if kind == "finish_sweep":  # every trial run still RUNNING ends with the sweep, then the sweep's run
-            runs = self.client.search_runs([self.experiment_id], f"tags.`{TAG_PARENT}` = '{self.parent_run_id}'", max_results=50_000)
+            runs = self.client.search_runs([self.experiment_id], f"tags.`{names.PARENT}` = '{self.parent_run_id}'", max_results=50_000)
             for run in runs:
                 if run.info.status == "RUNNING":
                     self.client.set_terminated(run.info.run_id, "FAILED" if op["status"] == "FAILED" else "KILLED")

@@ -27,7 +27,8 @@ from .. import registry
 from . import paper
 from ..errors import NotFound, UserError
 from . import tracking
-from .tracking import PLAN_FILE, TAG_KIND, TAG_PARENT, TAG_REPORT, TAG_SMOKE
+from . import names
+from .tracking import PLAN_FILE
 
 
 @dataclass
@@ -92,19 +93,19 @@ def load_sweep(uri: str, name: str, include_smoke: bool = False, all_runs: bool 
     mlflow_client = tracking.reader(uri)
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is None:
-        known = [e.name for e in mlflow_client.search_experiments() if "ratsweep.metric" in e.tags]
+        known = [e.name for e in mlflow_client.search_experiments() if names.EXPERIMENT_METRIC in e.tags]
         raise NotFound(f"{name}: {registry.unknown('sweep', name, known).args[0]} (in {uri})")
     tags = experiment.tags
-    if "ratsweep.metric" not in tags:
+    if names.EXPERIMENT_METRIC not in tags:
         raise NotFound(f"{name}: an MLflow experiment, but not a ratsweep sweep (it has no ratsweep.metric tag; in {uri})")
     try:
-        config_class = registry.get_experiment(tags["ratsweep.experiment"]).config
+        config_class = registry.get_experiment(tags[names.EXPERIMENT_TYPE]).config
         keys = set(cfg.keys(config_class))
     except KeyError:  # the experiment's plugin is not installed here: every param is config
         config_class, keys = None, None
     runs, sweeps = [], []
     for run in _all_runs(mlflow_client, experiment.experiment_id):
-        kind = run.data.tags.get(TAG_KIND)
+        kind = run.data.tags.get(names.KIND)
         if kind == "sweep":
             sweeps.append(run)
             continue
@@ -120,17 +121,17 @@ def load_sweep(uri: str, name: str, include_smoke: bool = False, all_runs: bool 
                 extra={k: v for k, v in params.items() if keys is not None and k not in keys},
                 metrics=dict(run.data.metrics),
                 seconds=(end - run.info.start_time) / 1000 if end and run.info.start_time else None,
-                sweep=run.data.tags.get(TAG_PARENT, ""),
-                failure=run.data.tags.get("ratsweep.failure", ""),
+                sweep=run.data.tags.get(names.PARENT, ""),
+                failure=run.data.tags.get(names.FAILURE, ""),
                 span=(run.info.start_time, end) if end and run.info.start_time else None,
-                node=run.data.tags.get("ray.node_id", ""),
-                device=run.data.tags.get("device", ""),
+                node=run.data.tags.get(names.NODE, ""),
+                device=run.data.tags.get(names.DEVICE, ""),
                 name=run.info.run_name or "",
             )
         )
     sweeps.sort(key=lambda r: r.info.start_time, reverse=True)
     if not include_smoke:
-        smoke = {s.info.run_id for s in sweeps if s.data.tags.get(TAG_SMOKE, "").lower() == "true"}  # "True" before 0.x
+        smoke = {s.info.run_id for s in sweeps if s.data.tags.get(names.SMOKE, "").lower() == "true"}  # "True" before 0.x
         if runs and all(r.sweep in smoke for r in runs):
             raise NotFound(f"{name}: it has only --smoke runs so far; --include-smoke shows them")
         runs = [r for r in runs if r.sweep not in smoke]
@@ -139,9 +140,9 @@ def load_sweep(uri: str, name: str, include_smoke: bool = False, all_runs: bool 
     if not all_runs:
         latest = latest_per_config(runs)
         runs, superseded = latest, len(runs) - len(latest)
-    report = json.loads(sweeps[0].data.tags.get(TAG_REPORT, "{}")) if sweeps else {}
+    report = json.loads(sweeps[0].data.tags.get(names.REPORT, "{}")) if sweeps else {}
     plan = _plan(mlflow_client, sweeps[0].info.run_id) if sweeps else {}
-    return Sweep(name, tags.get("ratsweep.experiment", "?"), tags["ratsweep.metric"], tags["ratsweep.mode"], runs,
+    return Sweep(name, tags.get(names.EXPERIMENT_TYPE, "?"), tags[names.EXPERIMENT_METRIC], tags[names.EXPERIMENT_MODE], runs,
                  mlflow_client, [r.info.run_id for r in sweeps], report, plan, superseded)
 
 
@@ -152,7 +153,7 @@ def latest_per_config(runs: list[TrialRun]) -> list[TrialRun]:
 
     chosen: dict[str, TrialRun] = {}
     for run in runs:
-        key = json.dumps(run.config, sort_keys=True, default=str)
+        key = cfg.identity(run.config)
         if key not in chosen or rank(run) > rank(chosen[key]):
             chosen[key] = run
     return list(chosen.values())

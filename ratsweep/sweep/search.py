@@ -16,6 +16,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchAlgorithm, Searcher
 
+from .. import config as cfg
 from .space import Domain, Space, encode
 
 
@@ -50,7 +51,7 @@ class DistinctSearcher(Searcher):
             if suggestion is None or suggestion == Searcher.FINISHED:
                 return suggestion
             config = self.space.active(suggestion)
-            key = repr(sorted(config.items()))
+            key = cfg.identity(config)
             if key not in self._seen:
                 self._seen.add(key)
                 self._inner_id[trial_id], self._key[trial_id] = inner_id, key

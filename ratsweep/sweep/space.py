@@ -183,7 +183,7 @@ class Space:
                 for _ in range(self.num_samples):
                     values = dict(zip(grid, point)) | {k: d.sample(rng) for k, d in sampled.items()}
                     trial = self.active(values)
-                    key = repr(sorted(trial.items()))
+                    key = cfg.identity(trial)
                     if key not in seen:
                         seen.add(key)
                         out.append(trial)

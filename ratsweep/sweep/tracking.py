@@ -29,7 +29,8 @@ from ray.tune import Callback
 
 from .. import config as cfg
 from .. import registry
-from .outbox import TAG_PARENT, TAG_TRIAL, Outbox, reason, redacted
+from . import names
+from .outbox import Outbox, reason, redacted
 from ..errors import UserError
 from .space import Space
 from .trainable import ARTIFACTS, RESULT_KEY, TAGS_ATTRIBUTE
@@ -38,13 +39,9 @@ from .trainable import ARTIFACTS, RESULT_KEY, TAGS_ATTRIBUTE
 # output (and job logs); ratsweep's summary says where the runs are instead.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
-# On the sweep's run and every trial's (TAG_TRIAL, TAG_PARENT: the outbox's, which finds runs by them):
-# filter a store with tags.`ratsweep.sweep` = 'NAME' and tags.`ratsweep.smoke` = 'false'.
-TAG_KIND, TAG_SWEEP, TAG_SWEEP_ID, TAG_SMOKE = "ratsweep.kind", "ratsweep.sweep", "ratsweep.sweep_id", "ratsweep.smoke"
 # Trials step through their reports by the experiment's own clock: the first of these a report holds
 # is its MLflow step (else Tune's report count).
 STEP_KEYS = ("step", "epoch", "updates")
-TAG_REPORT = "ratsweep.report"  # on a sweep run: its search space's report layout (JSON)
 PLAN_FILE = "plan.json"  # on a sweep run: what it set out to run (sweep_plan), for `report`
 # Bookkeeping Tune adds to every result: not metrics of the experiment.
 _TUNE_KEYS = {
@@ -132,24 +129,21 @@ def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
-# MLflow 3 sorts experiments into GenAI and model training by this tag (its UI's default tab for one);
-# a sweep's is model training.
-EXPERIMENT_KIND = "mlflow.experimentKind"
-EXPERIMENT_KIND_TAG = (EXPERIMENT_KIND, "custom_model_development")
+MODEL_TRAINING = "custom_model_development"  # the names.EXPERIMENT_KIND of a sweep's experiment
 
 
 def ensure_experiment(mlflow_client: MlflowClient, name: str, uri: str, space: Space) -> str:
     """The MLflow experiment for this sweep name, created once, here on the driver."""
     existing = mlflow_client.get_experiment_by_name(name)
     if existing is not None:
-        if EXPERIMENT_KIND not in existing.tags:  # made by an earlier ratsweep
-            mlflow_client.set_experiment_tag(existing.experiment_id, *EXPERIMENT_KIND_TAG)
+        if names.EXPERIMENT_KIND not in existing.tags:  # made by an earlier ratsweep
+            mlflow_client.set_experiment_tag(existing.experiment_id, names.EXPERIMENT_KIND, MODEL_TRAINING)
         return existing.experiment_id
     return mlflow_client.create_experiment(
         name,
         artifact_location=artifact_root(uri) and f"{artifact_root(uri)}/{name}",
-        tags={"ratsweep.experiment": space.experiment, "ratsweep.metric": space.metric, "ratsweep.mode": space.mode,
-              EXPERIMENT_KIND: EXPERIMENT_KIND_TAG[1]},
+        tags={names.EXPERIMENT_TYPE: space.experiment, names.EXPERIMENT_METRIC: space.metric, names.EXPERIMENT_MODE: space.mode,
+              names.EXPERIMENT_KIND: MODEL_TRAINING},
     )
 
 
@@ -184,11 +178,11 @@ def provenance(space: Space) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
             continue
         if dist != "ratsweep":  # ratsweep.version says that one
-            tags[f"ratsweep.provider.{dist}"] = version
+            tags[f"{names.PROVIDER}{dist}"] = version
         file = getattr(sys.modules.get(module), "__file__", None)
         commit = git_commit(file) if file else None
         if commit:
-            tags[f"ratsweep.provider.{dist}.commit"] = commit
+            tags[f"{names.PROVIDER}{dist}.commit"] = commit
     return tags
 
 
@@ -210,17 +204,17 @@ def start_sweep_run(mlflow_client: MlflowClient, experiment_id: str, space: Spac
     import ratsweep  # noqa: PLC0415
 
     tags = {
-        TAG_KIND: "sweep", TAG_SWEEP: space.name, TAG_SWEEP_ID: sweep_id, TAG_SMOKE: str(smoke).lower(),
-        "ratsweep.version": ratsweep.__version__, "ratsweep.space": space.path, "mlflow.runName": f"sweep {sweep_id}",
+        names.KIND: "sweep", names.SWEEP: space.name, names.SWEEP_ID: sweep_id, names.SMOKE: str(smoke).lower(),
+        names.VERSION: ratsweep.__version__, names.SPACE: space.path, names.RUN_NAME: f"sweep {sweep_id}",
     }
     if space.report:
-        tags[TAG_REPORT] = json.dumps(space.report)
+        tags[names.REPORT] = json.dumps(space.report)
     tags |= provenance(space)
     commit = git_commit()
     if commit:
-        tags["git.commit"] = commit
+        tags[names.GIT_COMMIT] = commit
     run = mlflow_client.create_run(experiment_id, tags=tags)
-    mlflow_client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + sweep_id, runs_view(space, sweep_id))
+    mlflow_client.set_experiment_tag(experiment_id, names.SHARED_VIEW + sweep_id, runs_view(space, sweep_id))
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "search_space.yaml"
@@ -258,7 +252,7 @@ class MlflowTracking(Callback):
                  sweep_id: str = "", smoke: bool = False):
         self.space = space
         self.outbox = Outbox(uri, experiment_id, parent_run_id, folder, background=True)
-        self.sweep_tags = {TAG_SWEEP: space.name, TAG_SWEEP_ID: sweep_id, TAG_SMOKE: str(smoke).lower()}
+        self.sweep_tags = {names.SWEEP: space.name, names.SWEEP_ID: sweep_id, names.SMOKE: str(smoke).lower()}
         self._names: dict[str, str] = {}  # trial id -> its run's name, each distinct
         self._failures: dict[str, str] = {}
         self._configs: dict[str, dict] = {}  # the applicable config each run was started with
@@ -270,11 +264,11 @@ class MlflowTracking(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         params = {k: _param(v) for k, v in cfg.flatten(self.space.build_config(trial.config)).items()}
-        tags = {TAG_PARENT: self.outbox.parent_run_id, TAG_KIND: "trial", TAG_TRIAL: trial.trial_id,
-                "mlflow.runName": self._name(trial), **self.sweep_tags,
-                "ratsweep.searched": ",".join(sorted(self.space.active(trial.config)))}
+        tags = {names.PARENT: self.outbox.parent_run_id, names.KIND: "trial", names.TRIAL: trial.trial_id,
+                names.RUN_NAME: self._name(trial), **self.sweep_tags,
+                names.SEARCHED: ",".join(sorted(self.space.active(trial.config)))}
         if self.commit:
-            tags["git.commit"] = self.commit
+            tags[names.GIT_COMMIT] = self.commit
         self._configs.setdefault(trial.trial_id, self.space.active(trial.config))
         self.outbox.put({"op": "start", "trial": trial.trial_id, "create": {"tags": tags | self.provenance, "params": params}})
 
@@ -306,11 +300,11 @@ class MlflowTracking(Callback):
         previous = self._configs.setdefault(trial.trial_id, config)
         changed = {k: v for k, v in config.items() if previous.get(k) != v}
         if changed:  # PBT mutated the config (params are immutable in MLflow: a tag per change)
-            tags[f"ratsweep.config_from_step_{step}"] = json.dumps(changed)
+            tags[f"{names.CONFIG_FROM_STEP}{step}"] = json.dumps(changed)
             self._configs[trial.trial_id] = config
         if extra.get("failure"):
             self._failures[trial.trial_id] = extra["failure"]
-            tags["ratsweep.failure"] = extra["failure"][:5000]
+            tags[names.FAILURE] = extra["failure"][:5000]
         self.outbox.put({"op": "log", "trial": trial.trial_id, "metrics": metrics, "params": params, "tags": tags,
                          "retried": trial.run_metadata.num_failures > 0})
 
@@ -323,13 +317,13 @@ class MlflowTracking(Callback):
         """A trial that failed (its node died) restarts from its last checkpoint, which may predate its
         last logged report: each step stays logged once."""
         self._replaying[trial.trial_id] = self._last_step.get(trial.trial_id, -1)
-        self.outbox.put({"op": "log", "trial": trial.trial_id, "tags": {"ratsweep.retries": str(trial.run_metadata.num_failures)}})
+        self.outbox.put({"op": "log", "trial": trial.trial_id, "tags": {names.RETRIES: str(trial.run_metadata.num_failures)}})
 
     def on_trial_error(self, iteration, trials, trial, **info):
         """Out of retries: FAILED, the exception's last line as a tag, the whole trace as error.txt."""
         trace = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
         lines = [line.strip() for line in trace.splitlines() if line.strip()]
-        tags = _raised_tags(trial) | {"ratsweep.failure": (lines[-1] if lines else "trial failed")[:5000]}
+        tags = _raised_tags(trial) | {names.FAILURE: (lines[-1] if lines else "trial failed")[:5000]}
         op = {"op": "end", "trial": trial.trial_id, "status": "FAILED", "artifacts": self._artifacts(trial), "tags": tags}
         if trace:
             op |= {"text": trace, "text_file": "error.txt"}
@@ -365,9 +359,9 @@ def trial_runs(uri: str, parent_run_id: str) -> dict[str, tuple[str, str]]:
     """{Tune trial id: (run id, status)} of the sweep's trial runs."""
     mlflow_client = client(uri)
     experiment_id = mlflow_client.get_run(parent_run_id).info.experiment_id
-    runs = mlflow_client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+    runs = mlflow_client.search_runs([experiment_id], filter_string=f"tags.`{names.PARENT}` = '{parent_run_id}'",
                                      max_results=50_000)
-    return {run.data.tags.get(TAG_TRIAL, ""): (run.info.run_id, run.info.status) for run in runs}
+    return {run.data.tags.get(names.TRIAL, ""): (run.info.run_id, run.info.status) for run in runs}
 
 
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
@@ -379,16 +373,11 @@ def open_ui_command(uri: str) -> str:
     return f"open {uri} in a browser (experiment runs are under the sweep's name)"
 
 
-# MLflow's UI keeps a runs table's state (filter, sort, columns) it shares as an experiment tag of
-# this prefix, opened by ?viewStateShareKey=KEY: ratsweep shares one per sweep.
-SHARED_VIEW_TAG = "mlflow.sharedViewState."
-
-
 def runs_view(space: Space, sweep_id: str) -> str:
     """The shared view of one sweep's runs (its trials and its own run), best first, with the metric
     and the searched keys as columns."""
     return json.dumps({
-        "searchFilter": f"tags.`{TAG_SWEEP_ID}` = '{sweep_id}'", "orderByKey": f"metrics.`{space.metric}`",
+        "searchFilter": f"tags.`{names.SWEEP_ID}` = '{sweep_id}'", "orderByKey": f"metrics.`{space.metric}`",
         "orderByAsc": space.mode == "min", "compareRunsMode": "TABLE",
         "selectedColumns": [f"metrics.`{space.metric}`", *(f"params.`{key}`" for key in space.search_space)],
     })
@@ -410,7 +399,7 @@ def outcome_op(space: Space, rows: list[dict[str, Any]], runs: dict[str, str], e
     ranked = [r for r in rows if r["status"] == "OK" and r["value"] is not None and math.isfinite(r["value"])]
     if not ranked:
         note = f"### {space.name}: no finished trial has {space.metric}\n\n{len(rows)} trials: {tally}.\n"
-        return {"op": "outcome", "metrics": [], "params": {}, "tags": {"mlflow.note.content": note}}
+        return {"op": "outcome", "metrics": [], "params": {}, "tags": {names.NOTE: note}}
     best = ranked[0]  # rows come best first
 
     def link(row) -> str:
@@ -423,9 +412,9 @@ def outcome_op(space: Space, rows: list[dict[str, Any]], runs: dict[str, str], e
     best_command = shlex.join(["ratsweep", "best", space.name, *(["--include-smoke"] if smoke else []), "--format", "yaml"])
     lines += ["", f"Rerun the best config: `{best_command} > best.yaml && ratsweep run best.yaml`",
               "", "The report's table and plots: Artifacts, report/ (`ratsweep report " + space.name + "`)."]
-    return {"op": "outcome", "metrics": [[f"best.{space.metric}", best["value"], int(time.time() * 1000), 0]],
-            "params": {f"best.{k}": _param(v) for k, v in best["config"].items()},
-            "tags": {"mlflow.note.content": "\n".join(lines) + "\n", "ratsweep.best_trial": best["name"],
-                     **({"ratsweep.best_run": runs[best["trial_id"]]} if best["trial_id"] in runs else {})}}
+    return {"op": "outcome", "metrics": [[f"{names.BEST}{space.metric}", best["value"], int(time.time() * 1000), 0]],
+            "params": {f"{names.BEST}{k}": _param(v) for k, v in best["config"].items()},
+            "tags": {names.NOTE: "\n".join(lines) + "\n", names.BEST_TRIAL: best["name"],
+                     **({names.BEST_RUN: runs[best["trial_id"]]} if best["trial_id"] in runs else {})}}
 
 

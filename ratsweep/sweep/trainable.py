@@ -28,6 +28,7 @@ import ratsweep
 
 from ..errors import DataError, Diverged, MissingMetric
 from ..rational import cuda, functional
+from . import names
 from .space import Space
 
 TAGS_ATTRIBUTE = "ratsweep_tags"  # on an exception a trial raised: its environment_tags(), for the driver
@@ -45,12 +46,12 @@ def environment_tags() -> dict[str, str]:
     (and CUDA's version only where a GPU runs it), the Ray node."""
     on_gpu = torch.cuda.is_available()
     tags = {
-        "ratsweep.version": ratsweep.__version__,
-        "device": torch.cuda.get_device_name() if on_gpu else f"cpu ({platform.processor() or platform.machine()})",
-        "ray.node_id": ray.get_runtime_context().get_node_id(),
+        names.VERSION: ratsweep.__version__,
+        names.DEVICE: torch.cuda.get_device_name() if on_gpu else f"cpu ({platform.processor() or platform.machine()})",
+        names.NODE: ray.get_runtime_context().get_node_id(),
     }
     if on_gpu:
-        tags["cuda"] = torch.version.cuda or "none"
+        tags[names.CUDA] = torch.version.cuda or "none"
     return tags
 
 
@@ -67,9 +68,9 @@ def kernel_tags() -> dict[str, str]:
     """Which rational backends actually ran in this trial so far ("none" if no rational did), and
     CuPy's version where the CUDA kernels ran: a table never mixes kernels unknowingly."""
     used = functional.backends_used()
-    tags = {"kernel_backend": ",".join(used) or "none"}
+    tags = {names.KERNEL_BACKEND: ",".join(used) or "none"}
     if "cuda" in used:
-        tags["cupy"] = cuda.version()
+        tags[names.CUPY] = cuda.version()
     return tags
 
 
