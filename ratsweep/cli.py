@@ -299,28 +299,29 @@ def report(args: argparse.Namespace) -> int:
     """A paper-style table of a sweep from MLflow: mean ± std over seeds per cell with finished, diverged,
     failed and missing seeds counted, best and second best marked; the paper's numbers beside it; plots."""
 
+    from ratsweep import report as reports
     from ratsweep.errors import UserError
     from ratsweep.sweep import results, tracking
     from ratsweep.sweep.space import check_writable_folder
 
     plots = args.plots and check_writable_folder(args.plots, "--plots")  # before the store is read
     sweep = results.load_sweep(tracking.tracking_uri(args.tracking_uri), args.name, args.include_smoke, args.all_runs)
-    layout = results.Layout.of(sweep)  # the search space's `report:` layout, if it has one
+    layout = reports.Layout.of(sweep)  # the search space's `report:` layout, if it has one
     if args.group_by or args.columns or args.best_of:  # a layout given here replaces it
-        layout = results.Layout(args.group_by or results.default_group_by(sweep), args.columns, args.best_of,
+        layout = reports.Layout(args.group_by or reports.default_group_by(sweep), args.columns, args.best_of,
                                 labels=layout.labels, paper=layout.paper)
         layout.rows = [k for k in layout.rows if k not in (args.columns, args.best_of)]
     layout.percent |= args.percent
-    results.check_layout(sweep, layout)
+    reports.check_layout(sweep, layout)
     if args.paper is not None:
         if args.format == "latex":
             raise UserError("--paper: expected --format md or csv")
-        print(results.paper_comparison(sweep, layout, args.format, args.paper or None, args.failed_as), end="")
+        print(reports.paper_comparison(sweep, layout, args.format, args.paper or None, args.failed_as), end="")
     else:
-        print(results.table(sweep, layout, args.format, args.failed_as), end="")
+        print(reports.table(sweep, layout, args.format, args.failed_as), end="")
     if plots:
-        files = results.plots(sweep, layout, plots)
-        results.log_report(sweep, files, plots)
+        files = reports.plots(sweep, layout, plots)
+        reports.log_report(sweep, files, plots)
         print(f"plots: {len(files)} files in {plots} (also attached to the sweep's MLflow run under report/)")
     return 0
 

@@ -15,6 +15,7 @@ from torch import nn
 from ratsweep import cli, config, registry
 from ratsweep.experiments import cifar10
 from ratsweep.experiments.common import DataError, Diverged, LocalSession, Normalize, Rational
+from ratsweep import report
 from ratsweep.sweep import results
 from ratsweep.sweep.space import load
 
@@ -384,12 +385,12 @@ def test_table_2_layout_takes_the_better_lsuv_setting_per_cell():
                 runs.append(_run({"model": "vgg4", "activation": "rational", "rational.init": "gelu", "norm": norm, "lsuv": lsuv, "seed": seed}, 0.85 + bonus))
     sweep = results.Sweep("t2", "cifar10", "best_test_acc", "max", runs, None, ["s"],
                           {"rows": ["model", "activation", "rational.init"], "columns": "norm", "best_of": "lsuv", "percent": True})
-    md = results.table(sweep, results.Layout.of(sweep), "md")
+    md = report.table(sweep, report.Layout.of(sweep), "md")
     assert "| model | activation | rational.init | norm=group | norm=none | minutes |" in md
     relu = next(line for line in md.splitlines() if "| relu |" in line)
     assert "*82.50 ± 0.71 (2) lsuv=True*" in relu and "*80.50 ± 0.71 (2) lsuv=False*" in relu  # group: LSUV helps; none: it hurts
     rational = next(line for line in md.splitlines() if "| rational |" in line)
     assert "**87.00 ± 0.00 (2) lsuv=True**" in rational and "**85.00 ± 0.00 (2) lsuv=False**" in rational  # best per column
-    csv_rows = results.table(sweep, results.Layout.of(sweep), "csv").splitlines()
+    csv_rows = report.table(sweep, report.Layout.of(sweep), "csv").splitlines()
     assert csv_rows[0] == "model,activation,rational.init,norm,lsuv,best_test_acc_mean,best_test_acc_std,n,diverged,failed,missing,mark,minutes,caveat"
     assert len(csv_rows) == 1 + 4

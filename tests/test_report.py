@@ -12,7 +12,9 @@ from mlflow.entities import Metric, Param
 
 from ratsweep import cli
 from ratsweep import config as cfg
-from ratsweep.sweep import names, paper, results, tracking
+from ratsweep import report
+from ratsweep.report import published as paper
+from ratsweep.sweep import names, results, tracking
 from ratsweep.sweep.space import UserError, load
 
 SPACE = """\
@@ -100,7 +102,7 @@ def cell(line: str, index: int) -> str:
 
 def test_rows_and_columns_follow_the_space_with_its_labels(store):
     sweep = results.load_sweep(*store)
-    md = results.table(sweep, results.Layout.of(sweep), "md")
+    md = report.table(sweep, report.Layout.of(sweep), "md")
     header = next(line for line in md.splitlines() if line.startswith("| model"))
     assert header == "| model | activation | rational.init | no GN | GN | minutes |"  # none before group, as listed
     assert [cell(line, 1) for line in rows(md)] == ["ReLU", "GELU", "Rational 1", "Rational 2"]  # the grid's order
@@ -115,26 +117,26 @@ def test_trials_at_once_are_counted_per_node():
         return results.TrialRun("r", "FINISHED", {}, {}, {}, None, "s", span=(start, end), node=node)
 
     runs = [run("a", 0, 10), run("a", 5, 15), run("a", 10, 20), run("b", 0, 30), run("b", 1, 2)]
-    assert results.most_at_once(runs) == 2  # "a": the third starts as the first ends
+    assert report.most_at_once(runs) == 2  # "a": the third starts as the first ends
 
 
 def test_best_and_second_best_are_marked_per_column(store):
     sweep = results.load_sweep(*store)
-    relu, gelu, rational1, rational2 = rows(results.table(sweep, results.Layout.of(sweep), "md"))
+    relu, gelu, rational1, rational2 = rows(report.table(sweep, report.Layout.of(sweep), "md"))
     assert cell(rational2, 3).startswith("**83.60 ± 0.10 (3) lsuv=True**")  # no GN: best
     assert cell(rational1, 3).startswith("*82.60 ± 0.10 (3) lsuv=True*") and not cell(rational1, 3).startswith("**")
     assert cell(relu, 4).startswith("**82.60 ± 0.10 (3)") and cell(gelu, 4).startswith("*82.00 (1")  # GN: ReLU best, GELU second
     assert "*" not in cell(gelu, 3) + cell(rational1, 4)
-    latex = results.table(sweep, results.Layout.of(sweep), "latex")
+    latex = report.table(sweep, report.Layout.of(sweep), "latex")
     assert r"\textbf{83.60 $\pm$ 0.10 (3) lsuv=True}" in latex and r"\underline{82.60 $\pm$ 0.10 (3) lsuv=True}" in latex
 
 
 def test_every_cell_counts_finished_diverged_failed_and_missing_seeds(store):
     sweep = results.load_sweep(*store)
-    relu, gelu, _, _ = rows(results.table(sweep, results.Layout.of(sweep), "md"))
+    relu, gelu, _, _ = rows(report.table(sweep, report.Layout.of(sweep), "md"))
     assert cell(relu, 3) == "80.55 ± 0.07 (2, 1 diverged) lsuv=True"  # the two finished seeds; the NaN one counted
     assert cell(gelu, 4) == "*82.00 (1, 1 failed, 1 missing) lsuv=True*"  # one seed: no std
-    csv_lines = results.table(sweep, results.Layout.of(sweep), "csv").splitlines()
+    csv_lines = report.table(sweep, report.Layout.of(sweep), "csv").splitlines()
     assert csv_lines[0] == ("model,activation,rational.init,norm,lsuv,best_test_acc_mean,best_test_acc_std,n,"
                             "diverged,failed,missing,mark,minutes,caveat")
     gelu_group = next(line for line in csv_lines if line.startswith("vgg4,gelu,-,group,"))
@@ -143,11 +145,11 @@ def test_every_cell_counts_finished_diverged_failed_and_missing_seeds(store):
 
 def test_a_config_that_ran_again_counts_once_and_smoke_runs_not_at_all(store):
     sweep = results.load_sweep(*store)
-    md = results.table(sweep, results.Layout.of(sweep), "md")
+    md = report.table(sweep, report.Layout.of(sweep), "md")
     assert "1 earlier runs of configs that ran again are left out (--all-runs counts them)" in md
     assert cell(rows(md)[3], 3).startswith("**83.60 ± 0.10 (3)")  # Rational 2, no GN: still three seeds
     everything = results.load_sweep(*store, include_smoke=True, all_runs=True)
-    by_key = {g.key: g for g in results.groups(everything, ["activation", "rational.init", "norm", "lsuv"])}
+    by_key = {g.key: g for g in report.groups(everything, ["activation", "rational.init", "norm", "lsuv"])}
     assert len(by_key[("rational", "gelu", "none", "True")].finished) == 4
     assert len(by_key[("relu", "-", "group", "False")].finished) == 4  # the smoke run's too
     assert max(by_key[("relu", "-", "group", "False")].values) == pytest.approx(0.99)
@@ -182,11 +184,11 @@ def test_failed_as_counts_seeds_as_the_authors_did(store):
     """Diverged: its best before divergence; failed or missing: the given value. The better LSUV setting
     is chosen on those means, so both cells switch to LSUV off."""
     sweep = results.load_sweep(*store)
-    md = results.table(sweep, results.Layout.of(sweep), "md", failed_as=0.1)
+    md = report.table(sweep, report.Layout.of(sweep), "md", failed_as=0.1)
     relu, gelu, _, _ = rows(md)
     assert cell(relu, 3) == "80.10 ± 0.10 (3) lsuv=False"  # lsuv=True: (0.805 + 0.806 + 0.61) / 3 = 74.03
     assert cell(gelu, 4).startswith("*81.60 ± 0.10 (3) lsuv=False")  # lsuv=True: (0.82 + 0.1 + 0.1) / 3
-    group = results.groups(sweep, ["activation", "norm", "lsuv"], failed_as=0.1)
+    group = report.groups(sweep, ["activation", "norm", "lsuv"], failed_as=0.1)
     by_key = {g.key: g for g in group}
     assert sorted(by_key[("relu", "none", "True")].values) == pytest.approx([0.61, 0.805, 0.806])
     assert sorted(by_key[("gelu", "group", "True")].values) == pytest.approx([0.1, 0.1, 0.82])
@@ -195,7 +197,7 @@ def test_failed_as_counts_seeds_as_the_authors_did(store):
 
 def test_paper_view_puts_each_cell_beside_the_published_number(store):
     sweep = results.load_sweep(*store)
-    md = results.paper_comparison(sweep, results.Layout.of(sweep), "md", None)
+    md = report.paper_comparison(sweep, report.Layout.of(sweep), "md", None)
     assert "Table 2" in md
     line = next(line for line in rows(md) if "Rational 2" in line and "| no GN |" in line)
     published = next(e for e in paper.get("table2").cells if e["model"] == "vgg4" and e.get("rational.init") == "gelu" and e["norm"] == "none")
@@ -204,21 +206,21 @@ def test_paper_view_puts_each_cell_beside_the_published_number(store):
     se = math.sqrt((100 * statistics.stdev(ours)) ** 2 / 3 + published["std"] ** 2 / 5)
     assert cell(line, 5) == "90.67 ± 0.17 (5)" and cell(line, 6) == f"{diff:+.2f}" and cell(line, 7) == f"{diff / se:+.1f}"
     assert "published but not in this sweep's table (16)" in md  # vgg8, silu and leaky_relu were not run
-    csv_lines = results.paper_comparison(sweep, results.Layout.of(sweep), "csv", None).splitlines()
+    csv_lines = report.paper_comparison(sweep, report.Layout.of(sweep), "csv", None).splitlines()
     assert csv_lines[0] == "model,activation,rational.init,norm,ours,paper,difference,z" and len(csv_lines) == 1 + 8
 
 
 def test_paper_view_without_a_paper_number_or_table_says_so(store, tmp_path):
     sweep = results.load_sweep(*store)
-    layout = results.Layout.of(sweep)
+    layout = report.Layout.of(sweep)
     layout.rows = ["activation"]  # the paper's cells name a model: nothing matches this layout
-    md = results.paper_comparison(sweep, layout, "md", None)
+    md = report.paper_comparison(sweep, layout, "md", None)
     assert all("no paper number" in line for line in md.splitlines() if line.startswith("| ReLU") or line.startswith("| GELU"))
     layout.paper = None
     with pytest.raises(UserError, match="names no paper table.*table1"):
-        results.paper_comparison(sweep, layout, "md", None)
+        report.paper_comparison(sweep, layout, "md", None)
     with pytest.raises(UserError, match="publishes final_normalized_score"):
-        results.paper_comparison(sweep, layout, "md", "table3")
+        report.paper_comparison(sweep, layout, "md", "table3")
 
 
 def test_report_command_prints_the_paper_view(store, capsys):
@@ -239,15 +241,15 @@ def test_population_std_row_marks_decimals_and_caveats():
     runs = [run("relu", 90.0), run("relu", 92.0), run("gelu", 80.0), run("gelu", 81.0, "D4RL anchors"), run("rational", 95.0), run("rational", 96.0)]
     sweep = results.Sweep("rl", "iql", "final_normalized_score", "max", runs, None, [], {},
                           plan={"order": {"activation": ["relu", "gelu", "rational"]}})
-    layout = results.Layout(["task"], "activation", std="population", best="per_row", decimals=2)
-    out = results.table(sweep, layout, "md")
+    layout = report.Layout(["task"], "activation", std="population", best="per_row", decimals=2)
+    out = report.table(sweep, layout, "md")
     [row] = [line for line in out.splitlines() if line.startswith("| hopper")]
     assert cell(row, 1) == "*91.00 ± 1.00 (2)*"  # population std of 90, 92 is 1 (the sample std would be 1.41)
     assert cell(row, 2) == "80.50 ± 0.50 † (2)" and cell(row, 3) == "**95.50 ± 0.50 (2)**"
     assert "mean ± std (population)" in out and out.rstrip().endswith("† D4RL anchors") and "best per row" in out
-    sample = results.table(sweep, results.Layout(["task"], "activation", decimals=2), "md")
+    sample = report.table(sweep, report.Layout(["task"], "activation", decimals=2), "md")
     assert "**91.00 ± 1.41 (2)**" in sample and "**80.50" in sample  # per column by default: each cell is its column's best
-    assert results.table(sweep, layout, "csv").splitlines()[2].endswith(",D4RL anchors")
+    assert report.table(sweep, layout, "csv").splitlines()[2].endswith(",D4RL anchors")
 
 
 def test_paper_tables_hold_every_published_cell():

@@ -156,7 +156,7 @@ def run(config: ApproxConfig, session: Session) -> dict[str, float]:
             with evaluating(model):
                 error = model(grid) - grid_target
             metrics = {
-                "step": step,  # the MLflow step of this report (tracking.STEP_KEYS)
+                "step": step,  # the MLflow step of this report (sweep.names.STEP_KEYS)
                 "mse": error.square().mean().item(),
                 "max_abs_err": error.abs().max().item(),
                 "train_loss": sum(window_losses) / len(window_losses),

@@ -388,7 +388,7 @@ def run(config: Cifar10Config, session: Session) -> dict[str, float]:
         test_loss, test_acc = evaluate_classifier(model, normalize, test_x, test_y, autocast, EVAL_BATCH)
         best_test_acc = max(best_test_acc, test_acc)
         metrics = {
-            "epoch": epoch,  # the MLflow step of this report (tracking.STEP_KEYS)
+            "epoch": epoch,  # the MLflow step of this report (sweep.names.STEP_KEYS)
             "train_loss": train_loss,
             "test_loss": test_loss,
             "test_acc": test_acc,

@@ -139,7 +139,7 @@ def run(config: DigitsConfig, session: Session) -> dict[str, float]:
             test_acc = (model(test_x).argmax(1) == test_y).float().mean().item()
         best_test_acc = max(best_test_acc, test_acc)
         metrics = {
-            "epoch": epoch,  # the MLflow step of this report (tracking.STEP_KEYS)
+            "epoch": epoch,  # the MLflow step of this report (sweep.names.STEP_KEYS)
             "train_loss": loss_sum / len(train_y),
             "test_acc": test_acc,
             "best_test_acc": best_test_acc,

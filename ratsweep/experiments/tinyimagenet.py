@@ -521,7 +521,7 @@ def run(config: TinyImageNetConfig, session: Session) -> dict[str, float]:
         epoch_time = time.perf_counter() - started  # the authors' time: training plus both evaluations
         elapsed += epoch_time
         metrics = {
-            "epoch": epoch,  # the MLflow step of this report (tracking.STEP_KEYS)
+            "epoch": epoch,  # the MLflow step of this report (sweep.names.STEP_KEYS)
             "train_loss": train_loss,
             "val_loss": val_loss,
             "val_top1": val_top1,

@@ -3,6 +3,9 @@ its run and of its trials' runs, and the prefix of the outcome it logs on its ru
 them, e.g. tags.`ratsweep.sweep` = 'NAME' and tags.`ratsweep.smoke` = 'false'.
 """
 
+# A report's MLflow step: the first of these metrics it holds (the experiment's own clock), else Tune's count.
+STEP_KEYS = ("step", "epoch", "updates")
+
 # ---- the MLflow experiment (one per sweep name) --------------------------------------------------
 EXPERIMENT_TYPE = "ratsweep.experiment"  # the registered experiment it runs (approx, cifar10, ...)
 EXPERIMENT_METRIC, EXPERIMENT_MODE = "ratsweep.metric", "ratsweep.mode"

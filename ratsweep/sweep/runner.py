@@ -502,10 +502,10 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
 
 def _attach_report(uri: str, space: Space, parent: str, smoke: bool) -> None:
     """The sweep's report table and plots on its run (what `ratsweep report NAME --plots DIR` also attaches)."""
-    from . import results  # noqa: PLC0415  (matplotlib, only now)
+    from .. import report  # noqa: PLC0415  (matplotlib, only now)
 
     try:
-        results.attach_report(uri, space.name, parent, smoke)
+        report.attach_report(uri, space.name, parent, smoke)
     except Exception as e:  # noqa: BLE001  (the sweep's runs are complete: a report can be made later)
         print(f"ratsweep: {space.name}: the report was not attached to the sweep's MLflow run ({reason(e)}); "
               f"`ratsweep report {space.name} --plots DIR` attaches it", flush=True)

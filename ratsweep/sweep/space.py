@@ -537,7 +537,7 @@ def _labels(path, raw) -> dict[str, str]:
 
 def _paper(path, experiment, metric: str, name) -> None:
     """report.paper: a table of paper_tables.yaml that publishes this experiment's numbers."""
-    from . import paper  # noqa: PLC0415
+    from ..report import published as paper  # noqa: PLC0415
 
     try:
         table = paper.get(str(name))

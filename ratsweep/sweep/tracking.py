@@ -39,9 +39,6 @@ from .trainable import ARTIFACTS, RESULT_KEY, TAGS_ATTRIBUTE
 # output (and job logs); ratsweep's summary says where the runs are instead.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
-# Trials step through their reports by the experiment's own clock: the first of these a report holds
-# is its MLflow step (else Tune's report count).
-STEP_KEYS = ("step", "epoch", "updates")
 PLAN_FILE = "plan.json"  # on a sweep run: what it set out to run (sweep_plan), for `report`
 # Bookkeeping Tune adds to every result: not metrics of the experiment.
 _TUNE_KEYS = {
@@ -282,7 +279,7 @@ class MlflowTracking(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         step, now = int(result.get("training_iteration", 0)), int(time.time() * 1000)
-        x = next((int(result[k]) for k in STEP_KEYS if isinstance(result.get(k), (int, float))), step)  # the MLflow step
+        x = next((int(result[k]) for k in names.STEP_KEYS if isinstance(result.get(k), (int, float))), step)  # the MLflow step
         extra = result.get(RESULT_KEY) or {}
         # an artifacts-only result repeats the last report's metrics: they are logged once. NaN (a
         # diverged trial's last report) is not logged, so the run keeps the last finite value: for a
