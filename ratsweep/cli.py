@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     import signal
 
     spaces = _load(args)  # every document valid before anything starts
-    from ratsweep.sweep import ray_internals, runner, tracking
+    from ratsweep.sweep import checks, ray_internals, runner, tracking
     from ratsweep.sweep import submit as submission
     from ratsweep.sweep.space import check_writable_folder
 
@@ -112,16 +112,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.address is None and not in_job:  # on a cluster the data lives on the workers: each trial checks there
             for space in spaces:
-                runner.check_data(space, args.data_dir)
+                checks.check_data(space, args.data_dir)
         if not args.resume:  # a resumed sweep goes on in the store it began in
             tracking.check_store(tracking.tracking_uri(args.tracking_uri))
         check_writable_folder(args.storage, "--storage")
         if args.resume:
-            runner.check_resumable(spaces, args.storage, args.smoke)
+            checks.check_resumable(spaces, args.storage, args.smoke)
         runner.init_ray(args.address)
         runner.Signals.install()  # again: ray.init puts its own SIGTERM handler (a crash dump) in place
         for space in spaces:
-            runner.check_cluster(space, args.smoke)
+            checks.check_cluster(space, args.smoke)
         for space in spaces:
             outcome = runner.run_sweep(space, options)
             runner.print_summary(outcome)
@@ -154,16 +154,17 @@ def sync(args: argparse.Namespace) -> int:
     """Send the MLflow writes a sweep held while its tracking store was down: exit 0 when all went, 1 if some wait still."""
     from pathlib import Path
 
-    from ratsweep.sweep import runner
     from ratsweep.errors import UserError
+    from ratsweep.sweep import runner
+    from ratsweep.sweep.resume import SWEEP_FILE
 
     target = Path(args.target)
     if not target.exists():  # a sweep name: its newest folder under --storage
         target = next(iter(sorted(Path(args.storage).glob(f"{args.target}-*/{runner.OUTBOX_FILE}"), reverse=True)), None)
         if target is None:
             raise UserError(f"{args.target}: no such file or folder, and no sweep of that name under {args.storage} holds MLflow writes")
-    elif not ((target / runner.SWEEP_FILE).is_file() if target.is_dir() else target.name == runner.OUTBOX_FILE):
-        raise UserError(f"{args.target}: expected a sweep's Tune folder (holding {runner.SWEEP_FILE}), its "
+    elif not ((target / SWEEP_FILE).is_file() if target.is_dir() else target.name == runner.OUTBOX_FILE):
+        raise UserError(f"{args.target}: expected a sweep's Tune folder (holding {SWEEP_FILE}), its "
                         f"{runner.OUTBOX_FILE}, or a sweep name")
     message = runner.sync(target, wait_s=args.wait)
     print(f"ratsweep sync: {message or 'nothing held in ' + str(target)}")

@@ -14,7 +14,7 @@ from helpers import ratsweep
 
 from ratsweep import cli, registry
 from ratsweep.experiments.common import LocalSession
-from ratsweep.sweep import runner, tracking
+from ratsweep.sweep import resume, runner, tracking
 from ratsweep.sweep.space import MAX_TRIALS, SpaceError, load
 from ratsweep.sweep.trainable import ITERATION_KEY, STATE_FILE, checkpoint_iteration
 
@@ -173,16 +173,16 @@ def test_resume_ignores_tunes_own_temp_files(tmp_path):
     experiment.mkdir()
     (experiment / ".3f2a-tmp-basic-variant-state-2026-11-24.json").write_bytes(b"")  # left by a SIGKILL
     (experiment / "basic-variant-state-2026-11-24.json").write_text(json.dumps({"ok": True}))
-    assert runner.repair_tune_state(experiment) == []
+    assert resume.repair_tune_state(experiment) == []
 
 
 def test_sweep_names_with_glob_characters_are_found_again(tmp_path, monkeypatch):
     folder = tmp_path / "sweep[v1]-20261124-050000"
     folder.mkdir()
-    (folder / runner.SWEEP_FILE).write_text("{}")
+    (folder / resume.SWEEP_FILE).write_text("{}")
     (tmp_path / "sweepv-20261124-050000").mkdir()  # what the unescaped pattern would match instead
     monkeypatch.setattr(runner.tune.Tuner, "can_restore", staticmethod(lambda path: True))
-    assert runner.latest_sweep(tmp_path, "sweep[v1]") == folder
+    assert resume.latest_sweep(tmp_path, "sweep[v1]") == folder
 
 
 # ---- what the user sees ------------------------------------------------------------------------
@@ -278,7 +278,7 @@ def test_local_session_keeps_what_was_reported_not_what_came_after():
 
 
 def test_a_checkpoint_copy_cut_short_is_not_resumed_from(tmp_path):
-    """runner.repoint_lost_checkpoints skips checkpoint folders whose copy into storage a kill cut short."""
+    """resume.repoint_lost_checkpoints skips checkpoint folders whose copy into storage a kill cut short."""
     complete = tmp_path / "checkpoint_000003"
     complete.mkdir()
     (complete / ".metadata.json").write_text(json.dumps({ITERATION_KEY: 4}))

@@ -24,7 +24,7 @@ from ratsweep.experiments import iql as iql_module
 from ratsweep.experiments import offline_rl
 from ratsweep.experiments import td3bc as td3bc_module
 from ratsweep.experiments.common import DataError, LocalSession, Rational
-from ratsweep.sweep import runner
+from ratsweep.sweep import checks
 from ratsweep.sweep.space import load as load_space
 from synthetic_data import write_minari
 
@@ -365,13 +365,13 @@ def test_a_sweep_checks_only_the_datasets_its_tasks_read(tmp_path, monkeypatch):
     write_minari(tmp_path, tasks=("hopper",), episodes=1, steps=5)
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
     hopper, = load_space("rl_iql_table3", overrides={"task": "hopper"})
-    runner.check_data(hopper, "data")
+    checks.check_data(hopper, "data")
     table, = load_space("rl_iql_table3")
     with pytest.raises(DataError, match="halfcheetah/medium-v0.*walker2d/expert-v0"):
-        runner.check_data(table, "data")
+        checks.check_data(table, "data")
     (tmp_path / "mujoco" / "hopper" / "expert-v0").rename(tmp_path / "elsewhere")
     d4rl, = load_space("rl_iql_table3", overrides={"task": "hopper", "score_reference": "d4rl"})
-    runner.check_data(d4rl, "data")  # D4RL anchors need no expert dataset
+    checks.check_data(d4rl, "data")  # D4RL anchors need no expert dataset
 
 
 SMOKE_SPACE = """\

@@ -23,7 +23,7 @@ def test_the_installed_ray_is_supported_and_others_are_one_line():
 
 
 def test_a_trials_saved_state_round_trips_and_its_checkpoint_can_be_replaced(tmp_path):
-    """As runner.repoint_lost_checkpoints uses them on an experiment_state file's trial_data."""
+    """As resume.repoint_lost_checkpoints uses them on an experiment_state file's trial_data."""
     from ray.train._internal.checkpoint_manager import _CheckpointManager
     from ray.train._internal.session import _TrainingResult
     from ray.tune.trainable.metadata import _TrainingRunMetadata

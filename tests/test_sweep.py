@@ -726,14 +726,14 @@ def test_an_interrupt_while_ray_shuts_down_exits_130(tmp_path):
 def test_no_room_for_a_local_rays_session_is_one_line(tmp_path, monkeypatch):
     from unittest import mock
 
-    from ratsweep.sweep import runner
+    from ratsweep.sweep import checks
     from ratsweep.sweep.space import UserError
 
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "tmp"))
     full = shutil._ntuple_diskusage(total=2**30, used=2**30 - 2**20, free=2**20)
     with mock.patch.object(shutil, "disk_usage", autospec=True, return_value=full) as disk_usage:
         with pytest.raises(UserError, match=rf"Ray's temporary folder {tmp_path}/tmp/ray has 1 MB free, a local Ray needs"):
-            runner.check_ray_temp()
+            checks.check_ray_temp()
     disk_usage.assert_called_once_with(tmp_path)  # the nearest folder that exists
 
 
@@ -793,7 +793,7 @@ def test_resume_after_the_space_changed_is_one_line_and_changes_nothing(tmp_path
 
 
 def test_two_sweeps_started_in_the_same_second_get_folders_of_their_own(tmp_path):
-    from ratsweep.sweep.runner import reserve_folder
+    from ratsweep.sweep.resume import reserve_folder
 
     first, second = (reserve_folder(tmp_path / "results", "same", "20261205-120000") for _ in range(2))
     assert first.name == "same-20261205-120000" and second.name == "same-20261205-120000-2" and second.is_dir()
@@ -802,7 +802,7 @@ def test_two_sweeps_started_in_the_same_second_get_folders_of_their_own(tmp_path
 def test_resume_repairs_state_files_truncated_by_a_kill(tmp_path, monkeypatch):
     """Tune copies its state into storage non-atomically: a truncated copy is replaced by the
     driver's intact original, and with no original --resume refuses rather than rerun trials."""
-    from ratsweep.sweep.runner import repair_tune_state
+    from ratsweep.sweep.resume import repair_tune_state
     from ratsweep.sweep.space import SpaceError
 
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))

@@ -1,7 +1,7 @@
 """Every use of Ray's private modules, in one place, for the Ray versions CI tests.
 
 ratsweep needs three things Ray does not make public: Tune's own (de)serialisation of a trial's saved
-state, to point a trial at the checkpoint that replaced one Tune deleted (runner.repoint_lost_checkpoints);
+state, to point a trial at the checkpoint that replaced one Tune deleted (resume.repoint_lost_checkpoints);
 the variable by which a driver knows it is a Ray job's entrypoint; and the name of the logger of
 Tune's background sync. A Ray outside SUPPORTED_RAY is refused in one line before anything starts
 (check_version), and tests/test_ray_internals.py pins what each function here relies on, so a new Ray
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -20,6 +21,11 @@ from ..errors import UserError
 
 SUPPORTED_RAY = ((2, 60), (2, 61))  # from, up to (excluded): pyproject.toml's pin, what CI installs
 SYNC_LOGGER = "ray.train._internal.syncer"  # Tune's background copy of its state folder to storage
+
+
+def ray_temp_root() -> Path:
+    """Where a local Ray puts its sessions, as Ray chooses it: $RAY_TMPDIR, else $TMPDIR, else /tmp; then ray/."""
+    return Path(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp") / "ray"
 
 
 def check_version(version: str = ray.__version__) -> None:

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-import glob
-import itertools
 import json
 import logging
 import math
 import os
 import shlex
-import shutil
 import signal
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +16,14 @@ import ray
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-from .. import config as cfg
-from .. import registry
-from . import ray_internals, search, tracking
+from . import checks, ray_internals, search, tracking
+from .resume import SWEEP_FILE, latest_sweep, repair_tune_state, repoint_lost_checkpoints, reserve_folder
 from .outbox import OUTBOX_FILE, Outbox, reason, redacted
-from ..errors import SpaceError, UserError
+from ..errors import UserError
 from .space import Space
-from .trainable import ITERATION_KEY, checkpoint_iteration, make_trainable
+from .trainable import make_trainable
 
 FINAL_WAIT_S = 30  # how long a finished sweep keeps trying to send held MLflow writes (RATSWEEP_MLFLOW_FINAL_WAIT_S)
-SWEEP_FILE = "ratsweep_sweep.json"  # in the Tune experiment folder: what --resume needs to continue
 
 
 @dataclass
@@ -138,67 +131,14 @@ class _VanishedTempFile(logging.Filter):
         return not (message.startswith("Last sync command failed") and "FileNotFoundError" in message and "-tmp-" in message)
 
 
-ADDRESS_TIMEOUT_S = 5  # for a Ray head to answer --address (ray.init would retry a dead one for ever)
-# A gRPC server (as a Ray head's GCS is) answers HTTP/2's client preface with a SETTINGS frame (type 4).
-HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
-
-
-def check_address(address: str | None) -> None:
-    """--address is a running Ray head's GCS address (HOST:PORT, as `ray start --head` prints it) or
-    auto: checked within ADDRESS_TIMEOUT_S, or one line."""
-    if address is None or address in ("auto", "local"):
-        return
-    if address.startswith("ray://"):  # Tune would run on the head, writing there to this machine's paths
-        raise UserError(f"--address: {address}: Ray Client (ray://) is not supported; send the sweep to the cluster "
-                        "with `ratsweep submit --address http://HEAD:8265`, or run on a node with --address HEAD:6379")
-    host, sep, port = address.rpartition(":")
-    if "://" in address or not (sep and host and port.isdigit()):
-        raise UserError(f"--address: expected a Ray head's HOST:PORT as `ray start --head` prints it (e.g. 10.0.0.5:6379), "
-                        f"or auto, got {address!r}" + ("; a dashboard's http:// address is for ratsweep submit" if "://" in address else ""))
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S) as connection:
-            connection.sendall(HTTP2_PREFACE)
-            reply = connection.recv(9)
-    except OSError as e:
-        raise UserError(f"--address: no Ray head answers at {address} ({e.strerror or e}); start one there with "
-                        "`ray start --head`, or leave out --address for a local Ray") from None
-    if len(reply) < 4 or reply[3] != 4:
-        raise UserError(f"--address: {address} answers, but not as a Ray head's GCS port (`ray start --head` prints "
-                        "it, port 6379 by default; a dashboard, port 8265, is for ratsweep submit)")
-
-
-# A local Ray keeps its session (sockets, every worker's log) in its temporary folder: on a full disk
-# it fails a minute later with a timeout naming a port file.
-MIN_RAY_TEMP_FREE_MB = 100
-
-
-def ray_temp_root() -> Path:
-    """Where a local Ray puts its sessions, as Ray chooses it: $RAY_TMPDIR, else $TMPDIR, else /tmp; then ray/."""
-    return Path(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp") / "ray"
-
-
-def _free_mb(path: Path) -> float:
-    """Free space where the path is (or would be created)."""
-    return shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free / 2**20
-
-
-def check_ray_temp() -> None:
-    """Room for a local Ray's session, or one line saying where it is short of it."""
-    root = ray_temp_root()
-    free_mb = _free_mb(root)
-    if free_mb < MIN_RAY_TEMP_FREE_MB:
-        raise UserError(f"Ray's temporary folder {root} has {free_mb:.0f} MB free, a local Ray needs at least "
-                        f"{MIN_RAY_TEMP_FREE_MB} MB: free some space there, or set RAY_TMPDIR to a folder with room")
-
-
 def init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     ray_internals.check_version()
-    check_address(address)
+    checks.check_address(address)
     local = address is None and "RAY_ADDRESS" not in os.environ
     if local:
-        check_ray_temp()
+        checks.check_ray_temp()
     # Each point of a random/grid search holds None for the keys that do not apply (search.py);
     # Tune warns once per trial and key that None is not among the domain's values.
     logging.getLogger("ray.tune.search.variant_generator").addFilter(_NotAppliedWarning())
@@ -219,199 +159,13 @@ def init_ray(address: str | None) -> None:
     except (OSError, RuntimeError) as e:  # a local Ray that could not start (its folder filled up meanwhile, ...)
         if not local:
             raise
-        raise UserError(f"a local Ray did not start ({reason(e)}); its temporary folder {ray_temp_root()} has "
-                        f"{_free_mb(ray_temp_root()):.0f} MB free") from None
+        raise UserError(f"a local Ray did not start ({reason(e)}); its temporary folder {ray_internals.ray_temp_root()} has "
+                        f"{checks.free_mb(ray_internals.ray_temp_root()):.0f} MB free") from None
 
 
 def shutdown_ray() -> None:
     """Stop the local Ray this driver started (about a second), or leave the cluster it joined."""
     ray.shutdown()
-
-
-def check_cluster(space: Space, smoke: bool = False) -> None:
-    """Resources the cluster cannot give would leave trials pending forever: refuse up front.
-    A smoke run shrinks trials to run anywhere: each takes one CPU, and on CPU where the cluster has
-    no GPU; what the real run asks for is still checked, and what it would be refused is said."""
-    available = ray.cluster_resources()
-    refusals = []
-    for name, key in (("cpu", "CPU"), ("gpu", "GPU")):
-        need, have = space.resources[name], available.get(key, 0.0)
-        if need > have:
-            what = f"at most {have:g} (this cluster has {have:g} {key}s)" if have else f"0 (this cluster has no {key})"
-            refusals.append(f"{space.path}: resources.{name}: expected {what}, got {need:g}")
-    if not smoke:
-        if refusals:
-            raise SpaceError(refusals[0])
-        return
-    for refusal in refusals:
-        print(f"ratsweep: --smoke: {refusal}; a run without --smoke is refused here", flush=True)
-    space.resources["cpu"] = min(space.resources["cpu"], 1.0)
-    if space.resources["gpu"] > 0 and not available.get("GPU"):
-        print(f"ratsweep: {space.name}: --smoke on a cluster without GPUs: trials run on CPU", flush=True)
-    space.resources["gpu"] = min(space.resources["gpu"], available.get("GPU", 0.0))
-
-
-def check_data(space: Space, data_dir: str) -> None:
-    """The experiment's registered datasets are under data_dir (DataError saying how to get them);
-    a dataset with `keys` is asked only for the values of those keys this sweep can take."""
-    experiment = registry.get_experiment(space.experiment)
-    for name in experiment.datasets:
-        dataset = registry.get_dataset(name)
-        dataset.verify(Path(data_dir), **{key: values for key in dataset.keys if (values := sweep_values(space, key)) is not None})
-
-
-def sweep_values(space: Space, key: str) -> tuple | None:
-    """The values a key can take in the sweep: its fixed value, its grid or choice, else the
-    experiment's default; None where a searcher samples it from a range."""
-    if key in space.config:
-        return (space.config[key],)
-    domain = space.search_space.get(key)
-    if domain is not None:
-        return tuple(domain.values) if domain.kind in ("grid", "choice") else None
-    config_class = registry.get_experiment(space.experiment).config
-    if key not in cfg.keys(config_class):
-        return None
-    return (functools.reduce(getattr, key.split("."), cfg.build(config_class)),)
-
-
-def latest_sweep(storage: Path, name: str) -> Path | None:
-    """The newest restorable Tune experiment folder of this sweep name."""
-    candidates = sorted(storage.glob(f"{glob.escape(name)}-*/{SWEEP_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for marker in candidates:
-        if tune.Tuner.can_restore(str(marker.parent)):
-            return marker.parent
-    return None
-
-
-def check_resumable(spaces: list[Space], storage: str, smoke: bool) -> None:
-    """--resume with no sweep of the file under --storage (a mistyped --storage, a first run) is one
-    line, not every trial run again; a file's sweeps that never started do start when another
-    resumes. A sweep whose space changed since it began (or --smoke, or --set) is refused: Tune
-    would go on with the old search, silently, and the new fixed config would apply to only some trials."""
-    folder = Path(storage).expanduser().resolve()
-    previous = {space.name: latest_sweep(folder, space.name) for space in spaces}
-    if not any(previous.values()):
-        names = ", ".join(repr(space.name) for space in spaces)
-        raise UserError(f"--resume: expected an earlier sweep of {names} under {folder}, found none; "
-                        "check --storage, or run without --resume to start afresh")
-    for space in spaces:
-        try:
-            marker = json.loads((previous[space.name] / SWEEP_FILE).read_text()) if previous[space.name] else {}
-            began = {**marker["definition"], "smoke": marker["smoke"]}
-        except (ValueError, KeyError, TypeError):  # a sweep of an earlier ratsweep, or a damaged file (run_sweep says so)
-            continue
-        changed = _changes(began, {**space.definition(), "smoke": smoke})
-        if changed:
-            raise UserError(f"--resume: {space.path}: {space.name} is not the sweep that began in {previous[space.name]} "
-                            f"(changed since: {', '.join(changed)}); a resumed sweep goes on as it began: put the file "
-                            "(and --set, --smoke) back as they were, or run without --resume to start a new sweep")
-
-
-def _changes(began: dict, now: dict) -> list[str]:
-    """The keys whose values differ, as a space file names them (config.steps, search_space.activation)."""
-    out = []
-    for key in sorted(began.keys() | now.keys()):
-        old, new = began.get(key), now.get(key)
-        if key == "search_space" and len(old or ()) == len(new or ()) == 1:  # not a union: compare its keys
-            old, new = old[0], new[0]
-        if old == new:
-            continue
-        if isinstance(old, dict) and isinstance(new, dict):
-            out += [f"{key}.{k}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
-        else:
-            out.append(key)
-    return out
-
-
-def reserve_folder(storage: Path, name: str, stamp: str) -> Path:
-    """The new sweep's Tune folder, NAME-STAMP, or NAME-STAMP-2, -3, ... when a sweep of that name
-    started in the same second: created here, so two sweeps never share one."""
-    storage.mkdir(parents=True, exist_ok=True)
-    for attempt in itertools.count(1):
-        path = storage / (f"{name}-{stamp}" if attempt == 1 else f"{name}-{stamp}-{attempt}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise AssertionError("unreachable")
-
-
-def _intact(path: Path) -> bool:
-    """Tune's state files are JSON or cloudpickle; a truncated copy is neither."""
-    from ray import cloudpickle  # noqa: PLC0415
-
-    data = path.read_bytes()
-    for load in (json.loads, cloudpickle.loads):
-        try:
-            load(data)
-            return True
-        except Exception:  # noqa: BLE001  (any decoding error means damaged)
-            continue
-    return False
-
-
-def repair_tune_state(experiment: Path) -> list[str]:
-    """Tune writes its state files on the driver (atomically), then copies them into the storage
-    folder (not atomically): a driver killed during the copy leaves a truncated file there, and
-    Tune, failing to read it, would silently restart the whole sweep. Put back the intact original
-    from the driver's staging folder, or refuse to resume rather than run trials twice."""
-    ray_temp = ray_temp_root()
-    repaired = []
-    # experiment_state-*, search_gen_state-*, searcher-state-*, basic-variant-state-* (tuner.pkl is
-    # written once, before any trial)
-    for path in sorted(experiment.glob("*-state-*.*")) + sorted(experiment.glob("*_state-*.json")):
-        if path.name.startswith(".") or not path.exists() or _intact(path):  # .<uuid>-tmp-*: Tune's own temp files
-            continue
-        staged = sorted(ray_temp.glob(f"session_*/artifacts/*/{glob.escape(experiment.name)}/driver_artifacts/{path.name}"),
-                        key=lambda p: p.stat().st_mtime, reverse=True)
-        original = next((p for p in staged if _intact(p)), None)
-        if original is None:
-            raise SpaceError(f"--resume: {path} is damaged (the driver was killed while Tune copied it) and the "
-                             "driver's own copy is gone; run without --resume to start this sweep afresh")
-        shutil.copy2(original, path)
-        repaired.append(path.name)
-    return repaired
-
-
-def repoint_lost_checkpoints(experiment: Path) -> list[str]:
-    """Tune deletes a trial's older checkpoint (num_to_keep) as soon as a newer one is registered, but
-    saves its experiment state only on a period: a driver killed in between leaves a state naming a
-    deleted checkpoint, and that trial would fail every restore. Point it at the checkpoint that
-    replaced it instead, with the iteration the trainable recorded there; returns the trials repointed."""
-    repointed = []
-    for path in sorted(experiment.glob("experiment_state-*.json")):
-        state = json.loads(path.read_text())
-        changed = False
-        for pair in state["trial_data"]:
-            trial, metadata = ray_internals.read_trial(pair)
-            latest = ray_internals.latest_checkpoint(metadata)
-            if latest is None:
-                continue
-            recorded, recorded_metrics = latest
-            lost = Path(recorded.path)
-            folder = experiment / lost.parent.name
-            if (folder / lost.name).exists():
-                continue
-            # Zero-padded indices: by name is by age. The oldest complete one is the checkpoint Tune had
-            # registered (deleting `lost`) after its result was logged; newer ones may be a worker's
-            # whose result the driver never saw, or a copy the kill cut short.
-            found = ((c, checkpoint_iteration(c)) for c in sorted(folder.glob("checkpoint_*")) if c.name > lost.name)
-            replacement, iteration = next(((c, i) for c, i in found if i is not None), (None, None))
-            if replacement is None:
-                continue  # nothing to point at: Tune says the checkpoint is gone
-            checkpoint = tune.Checkpoint(str(lost.with_name(replacement.name)), filesystem=recorded.filesystem)
-            metrics = {**recorded_metrics, ITERATION_KEY: iteration, "checkpoint_dir_name": replacement.name}
-            ray_internals.replace_latest_checkpoint(metadata, checkpoint, metrics)
-            trial["storage"].current_checkpoint_index = int(replacement.name.removeprefix("checkpoint_"))  # the next is one more
-            pair[:] = ray_internals.write_trial(trial, metadata)
-            repointed.append(f"{trial['trial_id']} ({lost.name} -> {replacement.name})")
-            changed = True
-        if changed:
-            staged = path.with_name(f".{path.name}.ratsweep")
-            staged.write_text(ray_internals.write_state(state))
-            staged.replace(path)
-    return repointed
 
 
 def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:

@@ -128,7 +128,7 @@ class TuneSession:
             has_content = self._last_state is not None or bool(self._reported_files)
             checkpoint = tune.Checkpoint.from_directory(tmp) if has_content else None
             self.iteration += 1
-            if checkpoint is not None:  # lets --resume restore from it alone (runner.repoint_lost_checkpoints)
+            if checkpoint is not None:  # lets --resume restore from it alone (resume.repoint_lost_checkpoints)
                 checkpoint.set_metadata({ITERATION_KEY: self.iteration})
             tune.report(result, checkpoint=checkpoint)
 
