@@ -374,7 +374,8 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> OneLineParser:
+    """Every command and its options (also what the docs' CLI reference is generated from)."""
     import ratsweep
     from ratsweep.sweep.space import MAX_TRIALS  # light: no Ray or MLflow
 
@@ -456,7 +457,11 @@ def main(argv: list[str] | None = None) -> None:
     command(list_plugins, "list")
     sub = command(describe)
     sub.add_argument("name", help="a registered experiment (ratsweep list)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)  # for hints that repeat the command
     sys.exit(_guarded(args))
 

@@ -1,4 +1,4 @@
-"""ratsweep's errors, in one place, and the exit code each ends the CLI with (README: Exit codes).
+"""ratsweep's errors, in one place, and the exit code each ends the CLI with (docs/sweeps.md: Exit codes).
 
 A UserError is a mistake in what the user asked for, or in their surroundings, found before anything
 started or changed: the CLI prints it as one line per mistake and exits with EXIT_BAD_INPUT. The

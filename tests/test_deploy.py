@@ -22,7 +22,8 @@ COMPOSE = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
 
 
 def readme_section() -> str:
-    return (REPO / "README.md").read_text().split("### On a cluster\n", 1)[1].split("\n### ", 1)[0]
+    """The docs' cluster page (it was the README's cluster section)."""
+    return (REPO / "docs" / "clusters.md").read_text()
 
 
 def readme_cluster_commands() -> list[str]:

@@ -23,21 +23,53 @@ from .. import config as cfg
 from .. import registry
 
 SCHEMA_VERSION = 1
-DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
+DOMAINS = {  # what a searched key's value may be (the docs' schema reference is generated from these tables)
+    "grid": "a list: every value, each a trial (times num_samples)",
+    "choice": "a list: one value drawn per sample",
+    "uniform": "[low, high]: a float drawn uniformly",
+    "loguniform": "[low, high], low > 0: a float drawn uniformly in log space",
+    "randint": "[low, high): an integer drawn uniformly, high excluded (as Ray Tune's)",
+}
 SCHEDULERS = {
     "fifo": {},
     "asha": {"max_t": int, "grace_period": int, "reduction_factor": float},
     "pbt": {"perturbation_interval": int, "quantile_fraction": float, "mutate": list},
 }
-SEARCH_ALGS = ("random", "grid", "optuna", "hyperopt")
+SEARCH_ALGS = {
+    "random": "every distinct grid point times num_samples, the other domains sampled (seed: the draws)",
+    "grid": "the same as random",
+    "optuna": "Ray Tune's OptunaSearch over the domains, num_samples trials, a config never run twice",
+    "hyperopt": "Ray Tune's HyperOptSearch over the domains, num_samples trials, a config never run twice",
+}
 # More trials than this are refused unless asked for (--max-trials): a grid that size is usually a
 # typo, and expanding it costs memory and time before anything runs.
 MAX_TRIALS = 10_000
-TOP_LEVEL = (
-    "version", "name", "experiment", "metric", "num_samples", "resources", "scheduler", "search_alg",
-    "max_failures", "config", "search_space", "report",
-)
-REPORT_KEYS = ("rows", "columns", "best_of", "percent", "curve", "labels", "paper", "std", "best", "decimals")
+TOP_LEVEL = {
+    "version": "optional; the schema version, 1",
+    "name": "required; the MLflow experiment and the results folder's prefix: letters, digits, _ - . (at most 100)",
+    "experiment": "required; a registered experiment (ratsweep list)",
+    "metric": "required; {name: a metric the experiment reports, mode: min | max}",
+    "num_samples": "samples of the non-grid domains per grid point (random/grid), or trials (optuna/hyperopt); default 1",
+    "resources": "per trial: {cpu: number, gpu: number}; default {cpu: 1, gpu: 0}",
+    "scheduler": "{type: fifo | asha | pbt, ...its keys}; default fifo",
+    "search_alg": "{type: random | grid | optuna | hyperopt, seed: int}; default random",
+    "max_failures": "retries of a trial that crashed (from its last checkpoint); default 2",
+    "config": "fixed config keys for every trial (dotted or nested: rational.degrees or rational: {degrees: ...})",
+    "search_space": "searched config keys, each a domain; or a list of such mappings (a union, each run once)",
+    "report": "ratsweep report's default layout: the report keys below",
+}
+REPORT_KEYS = {
+    "rows": "config keys, a row per value (default: the keys that vary, except seed)",
+    "columns": "a config key, a column per value",
+    "best_of": "a config key: each cell the better of its settings",
+    "percent": "true: show 100 x the metric",
+    "curve": "the metric the learning-curve plot shows (default: the sweep's)",
+    "labels": "{value or 'key | value': label} shown instead of values",
+    "paper": "the paper's table to set beside (table1 .. table5)",
+    "std": "sample | population standard deviation",
+    "best": "per_column | per_row: where the best and second best are marked",
+    "decimals": "fixed decimal places (default: 4 significant digits)",
+}
 
 
 def check_writable_folder(path: str | Path, option: str) -> Path:
@@ -245,7 +277,7 @@ def load(space: str, overrides: dict[str, Any] | None = None, smoke: bool = Fals
         where = f" (line {mark.line + 1})" if mark else ""
         raise SpaceError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     if not documents:
-        raise SpaceError(f"{path}: empty file; expected a search space (see README: Search spaces)")
+        raise SpaceError(f"{path}: empty file; expected a search space (see docs/search-spaces.md)")
     from .schema import Errors, parse  # noqa: PLC0415  (it reads Space and Domain from here)
 
     errors, spaces = Errors(), []
