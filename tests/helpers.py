@@ -37,10 +37,14 @@ def artifacts(client: MlflowClient, run) -> set[str]:
 
 
 def reported_steps(sweep: Path, metric: str) -> dict[str, list[int]]:
-    """Tune's own record of each trial's reports in a sweep's folder: the training iterations whose
-    result.json rows carry `metric`, sorted, a step repeated if the trial reported it twice."""
+    """Tune's own record of each trial's reports in a sweep's folder: the MLflow step of each
+    result.json row that carries `metric` (the experiment's own step, names.STEP_KEYS, else Tune's
+    iteration), sorted, a step repeated if the trial reported it twice."""
+    from ratsweep.sweep.names import STEP_KEYS
+
     steps = {}
     for result in sweep.glob("*/result.json"):
         rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        steps[rows[0]["trial_id"]] = sorted(row["training_iteration"] for row in rows if metric in row)
+        steps[rows[0]["trial_id"]] = sorted(next((int(row[k]) for k in STEP_KEYS if k in row), row["training_iteration"])
+                                            for row in rows if metric in row)
     return steps
