@@ -37,6 +37,7 @@ def config() -> str:
     """Every registered experiment: what it reports and reads, and its config keys (config.key_docs)."""
     from ratsweep import config as cfg
     from ratsweep import registry
+    from ratsweep.cli import _yaml_text  # a default as `ratsweep describe` writes it
 
     out = io.StringIO()
     for name, exp in registry.experiments().items():
@@ -51,15 +52,9 @@ def config() -> str:
             out.write(f"- `--smoke` sets: {', '.join(f'`{k}={v}`' for k, v in exp.smoke.items())}\n")
         out.write("\n| key | expects | default | applies when | meaning |\n|---|---|---|---|---|\n")
         for doc in cfg.key_docs(exp.config):
-            default = ratsweep_yaml(doc.default)
+            default = _yaml_text(doc.default)
             out.write(f"| `{doc.key}` | {_cell(doc.expected)} | `{_cell(default)}` | {_cell(doc.when or 'always')} | {_cell(doc.doc)} |\n")
     return out.getvalue()
-
-
-def ratsweep_yaml(value) -> str:
-    from ratsweep.cli import _yaml_text
-
-    return _yaml_text(value)
 
 
 def schema() -> str:
