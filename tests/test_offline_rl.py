@@ -6,11 +6,15 @@ minari.DataCollector): they drive the real code paths, and no number from them i
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
+import re
+from pathlib import Path
 
 import gymnasium as gym
 import minari
+import mujoco
 import numpy as np
 import pytest
 import torch
@@ -27,6 +31,8 @@ from ratsweep.experiments.common import DataError, LocalSession, Rational
 from ratsweep.sweep import checks
 from ratsweep.sweep.space import load as load_space
 from synthetic_data import write_minari
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -105,6 +111,25 @@ def test_iql_scales_rewards_by_the_episode_return_range_and_td3bc_does_not(datas
     assert iql_module.IQL.scales_rewards and not td3bc_module.TD3BC.scales_rewards
     rewards = data.transitions(torch.device("cpu"), data.reward_scale()).table[:, 11 + 3]
     assert torch.allclose(rewards.double(), torch.from_numpy(data.rewards).double() * scale, rtol=1e-6)
+
+
+@pytest.mark.parametrize("returns", [[250.0], [120.0, 120.0, 120.0]])
+def test_a_dataset_without_a_return_range_scales_rewards_by_one(returns):
+    """One episode, or equal returns: 1 / (0 + 1e-9) would multiply IQL's rewards by 1e9; the authors fall back to 1.0."""
+    n = len(returns)
+    data = offline_rl.OfflineDataset("d", np.zeros((n, 2), np.float32), np.zeros((n, 1), np.float32), np.ones(n, np.float32),
+                                     np.zeros((n, 2), np.float32), np.zeros(n, np.float32), np.array(returns), 1.0)
+    assert data.return_range is None and data.reward_scale() == 1.0
+    spread = dataclasses.replace(data, episode_returns=np.array([*returns, returns[-1] + 4.0]))
+    assert spread.return_range == 4.0 and spread.reward_scale() == pytest.approx(0.25)
+
+
+def test_a_one_episode_dataset_runs_unscaled_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(write_minari(tmp_path, tasks=("hopper",), episodes=1, steps=20)))
+    session = LocalSession(smoke=True)
+    registry.get_experiment("iql").run(make("iql", task="hopper", updates=20, eval_every=10), session)
+    assert session.params["reward_scale"] == 1.0 and session.params["caveat"] == offline_rl.UNSCALED_CAVEAT
+    assert "reward scale 1.0, as the authors fall back" in capsys.readouterr().out
 
 
 def test_a_batch_is_sampled_with_replacement_from_the_runs_generator(datasets):
@@ -328,7 +353,7 @@ def test_a_resumed_run_continues_exactly(datasets, name):
     registry.get_experiment(name).run(config, whole)
     resumed = LocalSession(smoke=True, restored=whole.states[0])
     registry.get_experiment(name).run(config, resumed)
-    drop = ("updates_per_s", "eval_time_s")
+    drop = ("updates_per_s", "eval_time_s", "elapsed_min")
     assert [{k: v for k, v in m.items() if k not in drop} for m in resumed.history] == \
         [{k: v for k, v in m.items() if k not in drop} for m in whole.history[1:]]
     for part in ("networks", "q1_target", "q2_target"):
@@ -343,6 +368,11 @@ def test_a_run_reports_every_evaluation_and_the_mean_of_the_last_five(datasets):
     scores = [m["normalized_score"] for m in session.history]
     assert out["final_normalized_score"] == pytest.approx(np.mean(scores[-5:]))
     assert out["final_return"] == pytest.approx(np.mean([m["return_mean"] for m in session.history[-5:]]))
+    assert out["final_evaluations"] == 5 and out["nonfinite_evaluations"] == 0
+    minutes = [m["elapsed_min"] for m in session.history]  # the tables' time: the run's wall time so far
+    assert all(0 < a < b for a, b in zip(minutes, minutes[1:]))
+    assert session.params["gymnasium_version"] == gym.__version__ and session.params["mujoco_version"] == mujoco.__version__
+    assert "caveat" not in session.params
     assert {"q_loss", "value_loss", "actor_loss", "updates_per_s", "return_mean"} <= set(out)
     def mlp(inputs, outputs):  # two hidden layers of 256, weights and biases
         return (inputs + 1) * 256 + 257 * 256 + 257 * outputs
@@ -350,6 +380,53 @@ def test_a_run_reports_every_evaluation_and_the_mean_of_the_last_five(datasets):
     obs, act = 11, 3  # Hopper; targets are not counted, the actor's log-std is
     assert session.params["num_params"] == 2 * mlp(obs + act, 1) + mlp(obs, 1) + mlp(obs, act) + act
     assert (session.artifact_dir / "learning_curve.png").is_file() and (session.artifact_dir / "reference_returns.json").is_file()
+
+
+def test_gymnasium_and_mujoco_are_pinned_to_what_runs_here():
+    """Scores move when MuJoCo does: the package pins both, exactly, and a run logs them (above)."""
+    pinned = dict(re.findall(r'"(gymnasium|mujoco)(?:\[mujoco\])?==([^"]+)"', (ROOT / "pyproject.toml").read_text()))
+    assert pinned == {"gymnasium": gym.__version__, "mujoco": mujoco.__version__}
+
+
+def test_final_scores_average_the_last_five_finite_evaluations():
+    nan = math.nan
+    history = [{"normalized_score": s, "return_mean": 10 * s} for s in (1, 2, 3, 4, 5, 6, nan, 8, nan)]
+    assert offline_rl.final_scores(history) == (pytest.approx(5.2), pytest.approx(52.0), 5)  # 3, 4, 5, 6, 8
+    assert offline_rl.final_scores(history[:2] + [history[6]]) == (1.5, 15.0, 2)  # fewer than five finite: all of them
+    score, ret, count = offline_rl.final_scores([history[6], history[8]])
+    assert math.isnan(score) and math.isnan(ret) and count == 0
+
+
+def poisoned(from_update: int):
+    """IQL whose actor's weights turn NaN at `from_update` (as a diverging run's do)."""
+    class PoisonedIQL(iql_module.IQL):
+        def update(self, batch, step):
+            losses = super().update(batch, step)
+            if step >= from_update:
+                with torch.no_grad():
+                    next(self.actor.parameters()).fill_(math.nan)
+            return losses
+
+    return PoisonedIQL
+
+
+def test_nan_never_stops_a_run_and_its_final_score_skips_non_finite_evaluations(datasets):
+    """The authors' rule (table_RL.py): the run trains on; NaN evaluations are reported, then skipped."""
+    session = LocalSession(smoke=True)
+    out = offline_rl.train(make("iql", task="hopper", updates=80, eval_every=10), session, poisoned(45))
+    scores = [m["normalized_score"] for m in session.history]
+    assert [m["updates"] for m in session.history] == list(range(10, 81, 10))  # every evaluation ran
+    assert all(math.isfinite(s) for s in scores[:4]) and all(math.isnan(s) for s in scores[4:])
+    assert out["final_normalized_score"] == pytest.approx(np.mean(scores[:4])) and out["final_evaluations"] == 4
+    assert out["final_return"] == pytest.approx(np.mean([m["return_mean"] for m in session.history[:4]]))
+    assert out["nonfinite_evaluations"] == 4
+
+
+def test_a_run_without_one_finite_evaluation_ends_diverged_after_its_last_report(datasets):
+    session = LocalSession(smoke=True)
+    with pytest.raises(offline_rl.Diverged, match="no finite evaluation in 3"):
+        offline_rl.train(make("iql", task="hopper", updates=30, eval_every=10), session, poisoned(1))
+    assert len(session.history) == 3 and session.history[-1]["final_evaluations"] == 0
 
 
 def test_a_missing_dataset_is_one_line_naming_the_command(tmp_path, monkeypatch):
@@ -411,4 +488,5 @@ def test_table_spaces_pin_the_papers_settings_and_lay_out_its_table(name, experi
     assert (config.tf32, config.score_reference, config.updates, config.eval_every, config.eval_episodes) == (True, "measured", 300_000, 10_000, 20)
     assert space.search_space["activation"].values == ("gelu", "relu", "silu", "rational")  # the paper's column order
     assert 0 < space.resources["gpu"] <= 0.125  # eight or more trials share a GPU
-    assert space.report["paper"] == table and space.report["std"] == "population" and space.report["best"] == "per_row"
+    assert space.report["paper"] == table and space.report["std"] == "population"
+    assert space.report["rows"] == ["task", "activation"] and list(space.report["also"]) == ["final_return", "elapsed_min"]

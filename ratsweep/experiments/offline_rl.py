@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -33,10 +34,10 @@ from ..registry import register_dataset
 from .common import (
     Activation,
     DataError,
+    Diverged,
     RationalConfig,
     RationalInit,
     Session,
-    check_finite,
     check_seed,
     checkpoint,
     evaluating,
@@ -57,12 +58,13 @@ ENVS = {"halfcheetah": "HalfCheetah-v5", "hopper": "Hopper-v5", "walker2d": "Wal
 TASKS = tuple(ENVS)
 EPISODE_STEPS = 1000  # an evaluation episode ends at termination, truncation or this many steps
 RANDOM_EPISODES, RANDOM_SEED = 100, 12345  # the random anchor: episodes i = 0..99 reset with seed 12345 + i
-FINAL_EVALUATIONS = 5  # final_normalized_score: the mean of the last five (260k-300k), as table_RL.py
+FINAL_EVALUATIONS = 5  # final_normalized_score: the mean of the last five finite ones (260k-300k), as table_RL.py
 STD_FLOOR = 1e-6
 # D4RL v2's (random, expert) returns: a labeled fallback (score_reference: d4rl), never the default;
 # the authors measured v5 anchors instead.
 D4RL_REFERENCE = {"halfcheetah": (-280.18, 12135.0), "hopper": (-20.27, 3234.3), "walker2d": (1.63, 4592.3)}
 D4RL_CAVEAT = "normalized with D4RL v2's reference returns, not v5 anchors"
+UNSCALED_CAVEAT = "rewards unscaled: the medium dataset's episode returns have no range (one episode, or all equal)"
 REFERENCE_FILE = "ratsweep_reference_returns.json"  # in Minari's datasets folder, beside the datasets
 SNAPSHOT_FRACTIONS = (1 / 6, 1 / 3, 1 / 2, 1)  # rational shapes at 50k, 100k, 150k and 300k of 300k updates
 SMOKE_EVAL_STEPS = 50  # --smoke evaluates short episodes
@@ -110,7 +112,7 @@ class OfflineRLConfig:
 
 OFFLINE_METRICS = {
     "normalized_score": "max", "final_normalized_score": "max", "return_mean": "max", "final_return": "max",
-    "updates_per_s": "max", "eval_time_s": "min",
+    "updates_per_s": "max", "eval_time_s": "min", "elapsed_min": "min", "final_evaluations": "max", "nonfinite_evaluations": "min",
 }
 SMOKE = {"updates": 200, "eval_every": 100, "eval_episodes": 2, "batch_size": 64}
 
@@ -182,9 +184,18 @@ class OfflineDataset:
         """Population std of s over the whole dataset, floored at STD_FLOOR, float32."""
         return np.maximum(self.observations.std(0, dtype=np.float64), STD_FLOOR).astype(np.float32)
 
+    @property
+    def return_range(self) -> float | None:
+        """max - min episode return; None where it says nothing of the rewards' size: one episode,
+        or every return equal."""
+        spread = float(self.episode_returns.max() - self.episode_returns.min())
+        return spread if len(self.episode_returns) > 1 and spread > 0 else None
+
     def reward_scale(self) -> float:
-        """IQL's 1 / (max - min episode return + 1e-9), no shift."""
-        return 1.0 / (float(self.episode_returns.max() - self.episode_returns.min()) + 1e-9)
+        """IQL's 1 / (max - min episode return + 1e-9), no shift; 1.0 without a return range, as the
+        authors fall back (RL_test.py:718-724) rather than multiply rewards by 1e9."""
+        spread = self.return_range
+        return 1.0 if spread is None else 1.0 / (spread + 1e-9)
 
     def transitions(self, device: torch.device, reward_scale: float = 1.0) -> Transitions:
         mean, std = self.obs_mean, self.obs_std
@@ -410,22 +421,41 @@ def d4rl_reference(task: str) -> Reference:
 # ---- the loop ---------------------------------------------------------------------------------
 
 
+def final_scores(history: list[dict[str, float]]) -> tuple[float, float, int]:
+    """(final normalized score, final return, evaluations behind them): the means over the last
+    FINAL_EVALUATIONS FINITE evaluations, as table_RL.py (a run is never stopped on NaN; non-finite
+    evaluations are skipped); NaN and 0 where there is none."""
+    finite = [m for m in history if math.isfinite(m["normalized_score"])][-FINAL_EVALUATIONS:]
+    if not finite:
+        return math.nan, math.nan, 0
+    return (float(np.mean([m["normalized_score"] for m in finite])), float(np.mean([m["return_mean"] for m in finite])),
+            len(finite))
+
+
 def train(config: OfflineRLConfig, session: Session,
           make_algorithm: Callable[[OfflineRLConfig, int, int, torch.device, torch.Generator], Algorithm]) -> dict[str, float]:
     """Train an offline-RL algorithm on the task's medium dataset: `config.updates` updates, an
     evaluation every `eval_every` (and after the last), each reported with its losses and speed and
-    checkpointed; artifacts (learning curve, rational shapes) with the last report."""
+    checkpointed; artifacts (learning curve, rational shapes) with the last report.
+
+    As the authors ran it, non-finite losses never stop a run: it trains on, its non-finite
+    evaluations are skipped by the final scores, and only a run without one finite evaluation ends
+    Diverged (after its last report), which the report then drops from its cell and counts."""
+    import gymnasium as gym  # noqa: PLC0415
+    import mujoco  # noqa: PLC0415
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = config.tf32
     torch.backends.cudnn.allow_tf32 = config.tf32
     root = str(datasets_root())
     verify(session.data_dir, (config.task,), (config.score_reference,))
     data = load(dataset_id(config.task, "medium"), root)
+    caveats = []
     if config.score_reference == "measured":
         reference = reference_returns(config.task)
     else:
         reference = d4rl_reference(config.task)
-        session.log_params(caveat=D4RL_CAVEAT)
+        caveats.append(D4RL_CAVEAT)
 
     seed_everything(config.seed)  # the networks' init
     # batches and every algorithm draw; then the plots' batch: streams apart from the init's
@@ -434,17 +464,24 @@ def train(config: OfflineRLConfig, session: Session,
     obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
     algorithm = make_algorithm(config, obs_dim, act_dim, device, generator)
     scale = data.reward_scale() if algorithm.scales_rewards else 1.0
+    if algorithm.scales_rewards and data.return_range is None:
+        caveats.append(UNSCALED_CAVEAT)
+        print(f"{data.dataset_id}: {UNSCALED_CAVEAT}; reward scale 1.0, as the authors fall back", flush=True)
     transitions = data.transitions(device, scale)
+    # scores move when MuJoCo's physics or the v5 envs do: the versions the anchors were measured with
     session.log_params(num_params=num_params(algorithm.networks), transitions=len(transitions), reward_scale=scale,
-                       reference_random=reference.random, reference_expert=reference.expert)
+                       reference_random=reference.random, reference_expert=reference.expert,
+                       gymnasium_version=gym.__version__, mujoco_version=mujoco.__version__,
+                       **({"caveat": "; ".join(caveats)} if caveats else {}))
     (session.artifact_dir / "reference_returns.json").write_text(json.dumps(reference.provenance, indent=1, sort_keys=True))
 
     updates = config.updates
     snapshot_steps = {max(1, round(f * updates)) for f in SNAPSHOT_FRACTIONS}
-    start, history, shapes = 0, [], {0: rational_snapshot(algorithm.networks)}
+    start, history, shapes, elapsed = 0, [], {0: rational_snapshot(algorithm.networks)}, 0.0
     if session.restored is not None:
         state = restore(session.restored, algorithm.parts, generator)
         start, history, shapes = state["step"], list(state["history"]), dict(state["shapes"])
+        elapsed = state.get("elapsed", 0.0)  # checkpoints of ratsweep 0.x before it was kept
     evaluate = Evaluator(config.task, config.eval_episodes, data, device, SMOKE_EVAL_STEPS if session.smoke else EPISODE_STEPS)
     try:
         sums: dict[str, torch.Tensor] = {}
@@ -461,30 +498,34 @@ def train(config: OfflineRLConfig, session: Session,
                 continue
             losses = {name: total.item() / counts[name] for name, total in sums.items()}  # one host sync per window
             trained = time.perf_counter()
-            for name, value in losses.items():
-                check_finite(value, f"{name}, update {step}")
-            with evaluating(algorithm.networks):
+            with evaluating(algorithm.networks):  # non-finite weights give a NaN return: skipped below
                 returns = evaluate(algorithm.act, evaluation_seed(config.seed, len(history)))
-            scores = [*(m["normalized_score"] for m in history), float(reference.score(returns.mean()))]
+            evaluated = time.perf_counter()
+            elapsed += evaluated - window_start
             metrics = {
                 "updates": step,
-                "normalized_score": scores[-1],
-                "final_normalized_score": float(np.mean(scores[-FINAL_EVALUATIONS:])),  # so far; final after the last
+                "normalized_score": float(reference.score(returns.mean())),
                 "return_mean": float(returns.mean()),
                 "return_std": float(returns.std()),
-                "final_return": float(np.mean([*(m["return_mean"] for m in history[-FINAL_EVALUATIONS + 1:]), returns.mean()])),
                 **losses,
                 "updates_per_s": window_updates / max(trained - window_start, 1e-9),
-                "eval_time_s": time.perf_counter() - trained,
+                "eval_time_s": evaluated - trained,
+                "elapsed_min": elapsed / 60,  # the run's wall time so far, evaluations included (the tables' time)
             }
             history.append(metrics)
+            # so far; final after the last evaluation
+            metrics["final_normalized_score"], metrics["final_return"], metrics["final_evaluations"] = final_scores(history)
+            metrics["nonfinite_evaluations"] = sum(not math.isfinite(m["normalized_score"]) for m in history)
             if step == updates:  # artifacts go out with the final report
                 save_artifacts(algorithm, transitions, probe, history, shapes, session)
-            session.report(metrics, state=checkpoint(algorithm.parts, generator, step=step, history=history, shapes=shapes))
+            session.report(metrics, state=checkpoint(algorithm.parts, generator, step=step, history=history, shapes=shapes,
+                                                     elapsed=elapsed))
             sums, counts = {}, {}
             window_start, window_updates = time.perf_counter(), 0
     finally:
         evaluate.close()
+    if not history[-1]["final_evaluations"]:
+        raise Diverged(f"no finite evaluation in {len(history)} (the authors' table drops such a seed)")
     return history[-1]
 
 
