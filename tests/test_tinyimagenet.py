@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 
 import numpy as np
 import pytest
@@ -243,7 +244,7 @@ def test_a_resumed_run_continues_exactly(data_dir):
     ti.run(make(**RESUME), whole)
     resumed = LocalSession(smoke=True, data_dir=data_dir, restored=whole.states[0])
     ti.run(make(**RESUME), resumed)
-    timing = {"epoch_time_s", "img_per_s", "elapsed_min"}
+    timing = {"epoch_time_s", "img_per_s", "elapsed_min", "median_epoch_min"}
     assert len(resumed.history) == 1
     assert {k: v for k, v in resumed.history[0].items() if k not in timing} == {k: v for k, v in whole.history[1].items() if k not in timing}
     for part in ("model", "ema"):
@@ -253,6 +254,10 @@ def test_a_resumed_run_continues_exactly(data_dir):
     assert whole.params["num_params"] == count_params(timm_reference("swin")) + 12 * COEFFICIENTS_PER_RATIONAL
     names = {p.name for p in whole.artifact_dir.iterdir()}
     assert {"learning_curve.png", "rational_evolution.png", "activation_layer1.png"} <= names
+    # Table 5's time: the total of epoch times (training and both evaluations), and the median epoch beside it
+    epochs = [m["epoch_time_s"] for m in whole.history]
+    assert whole.history[1]["elapsed_min"] == pytest.approx(sum(epochs) / 60)
+    assert whole.history[1]["median_epoch_min"] == pytest.approx(statistics.median(epochs) / 60)
 
 
 def test_a_diverging_run_fails_with_its_reason(data_dir, monkeypatch):
@@ -283,7 +288,21 @@ def test_the_table5_space_pins_the_authors_settings_and_lays_out_the_table():
         assert (config.epochs, config.batch_size, config.lr, config.tf32, config.amp, config.seed) == (100, 128, 5e-4, True, False, 1)
         if config.activation == "rational":
             assert config.rational.init == "gelu" and config.rational.lr_mult == ti.RATIONAL_LR_MULT[config.model]
-    assert space.resources["gpu"] == 1 and space.report["paper"] == "table5" and space.report["columns"] == "activation"
+    assert space.resources["gpu"] == 1 and space.report["paper"] == "table5" and space.report["rows"] == ["model", "no_norm", "activation"]
+    assert list(space.report["also"]) == ["elapsed_min", "median_epoch_min"]
+
+
+def test_the_authors_committed_variant_is_one_key_every_rational_run_norm_free():
+    """rational_no_norm (the authors' ALWAYS_DISABLE_NORMS_WHEN_RATIONAL): a rational run is built and
+    recorded norm-free; other activations keep their norms. In the Table 5 space the ViT rational
+    cell of both documents is then one config, run once."""
+    assert make(model="cait", activation="rational", rational_no_norm=True).no_norm is True
+    assert make(model="cait", activation="gelu", rational_no_norm=True).no_norm is False
+    assert make(model="cait", activation="rational").no_norm is False  # Table 5's reading, the default
+    [space] = load_space("tinyimagenet_table5", overrides={"rational_no_norm": True})
+    built = [space.build_config(t) for t in space.trials()]
+    assert len(built) == 11 and all(c.no_norm for c in built if c.activation == "rational")
+    assert sorted(c.model for c in built if c.activation == "rational") == ["cait", "swin", "vit"]
 
 
 SMOKE_SPACE = """\
