@@ -96,4 +96,56 @@ def paper_tables() -> str:
     return textwrap.dedent(out.getvalue())
 
 
-GENERATORS = {"cli": cli, "config": config, "schema": schema, "paper-tables": paper_tables}
+def _synthetic(config: dict) -> tuple[dict, str]:
+    """Made-up metrics for one planned trial of a table's space (never a result): a fixed draw per
+    config, each activation a little apart; the norm-free ViT with ReLU or GELU diverges."""
+    import random
+
+    draw = random.Random(repr(sorted(config.items())))
+    lift = {"relu": 0.0, "leaky_relu": 0.2, "gelu": 0.4, "silu": 0.1, "rational": 1.0}[config["activation"]]
+    noise = draw.gauss(0, 0.3)
+    if "task" in config:  # offline RL
+        score = 70 + 8 * lift + 3 * noise
+        minutes = 50 + 20 * (config["activation"] == "rational") + draw.random()
+        return {"final_normalized_score": score, "final_return": 45 * score, "elapsed_min": minutes}, ""
+    if "no_norm" in config:  # Tiny ImageNet
+        if config["no_norm"] and config["activation"] != "rational":
+            return {"best_ema_top1": 0.02}, "diverged: loss is nan at epoch 3"
+        epoch = 5 + 0.4 * (config["activation"] == "rational") + draw.random() / 5
+        return {"best_ema_top1": 0.56 + 0.01 * lift + 0.03 * config["no_norm"] + 0.002 * noise,
+                "elapsed_min": 100 * epoch, "median_epoch_min": epoch}, ""
+    base = 0.8 if config.get("recipe", "baseline") == "baseline" else 0.9  # CIFAR-10
+    return {"best_test_acc": base + 0.01 * lift + 0.003 * noise + 0.002 * config.get("lsuv", 0)}, ""
+
+
+def report_examples() -> str:
+    """What `report` prints for each paper table's bundled space, on synthetic runs of its whole plan
+    (made up to show the layout), and one `--paper` view."""
+    from ratsweep import report
+    from ratsweep.sweep import results, tracking
+    from ratsweep.sweep.space import bundled, load
+
+    out = io.StringIO()
+    for name in bundled():
+        for space in load(name):
+            if not space.report.get("paper"):
+                continue
+            plan = tracking.sweep_plan(space)
+            runs = []
+            for i, config in enumerate(plan["trials"]):
+                metrics, failure = _synthetic(config)
+                runs.append(results.TrialRun(f"r{i}", "FAILED" if failure else "FINISHED", config, {}, metrics, 60.0,
+                                             "example", failure=failure))
+            sweep = results.Sweep(f"{space.name} (SYNTHETIC example runs)", space.experiment, space.metric, space.mode, runs,
+                                  None, [], space.report, plan)
+            layout = report.Layout.of(sweep)
+            paper = space.report["paper"]
+            out.write(f"\n### {paper.replace('table', 'Table ')}: `ratsweep report {space.name}`\n\n```text\n"
+                      f"{report.table(sweep, layout, 'md')}```\n")
+            if paper == "table5":
+                out.write(f"\n`ratsweep report {space.name} --paper --failed-as nan`:\n\n```text\n"
+                          f"{report.paper_comparison(sweep, layout, 'md', None, float('nan'))}```\n")
+    return out.getvalue()
+
+
+GENERATORS = {"cli": cli, "config": config, "schema": schema, "paper-tables": paper_tables, "report-examples": report_examples}

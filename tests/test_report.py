@@ -274,6 +274,9 @@ def test_table_spaces_pin_the_papers_precision_and_name_their_table(name):
     ("{paper: table9}", "unknown paper table 'table9'"),
     ("{paper: table3}", "publishes iql results"),
     ("{labels: [a, b]}", "expected a mapping of shown values to labels"),
+    ("{also: [test_acc]}", "report.also: expected a mapping of metrics to decimals"),
+    ("{also: {test_ac: 2}}", "report.also.test_ac: expected one of .*did you mean 'test_acc'"),
+    ("{also: {test_acc: 12}}", "report.also.test_acc: expected decimals, an integer from 0 to 8"),
 ])
 def test_bad_report_sections_are_one_line(tmp_path, report, message):
     path = tmp_path / "bad.yaml"
@@ -286,3 +289,162 @@ def test_bad_report_sections_are_one_line(tmp_path, report, message):
     with pytest.raises(UserError, match=message) as error:
         load(str(path))
     assert len(str(error.value).splitlines()) == 1
+
+
+# ---- Tables 3-5: recorded sweeps of the bundled spaces (synthetic numbers, never results) ----------
+
+
+def record(root, space_name: str, outcome) -> tuple[str, str]:
+    """(URI, sweep name): every planned trial of a bundled space written into an MLflow store as the
+    tracking callback writes it; `outcome(config)` gives (metric history {name: [(step, value)]},
+    failure tag or None) for a trial, or None for one that never ran."""
+    [space] = load(space_name)
+    uri = f"sqlite:///{root / 'mlruns.db'}"
+    client = tracking.client(uri)
+    experiment = tracking.ensure_experiment(client, space.name, uri, space)
+    parent = tracking.start_sweep_run(client, experiment, space, "recorded", smoke=False)
+    for i, trial in enumerate(space.trials()):
+        config = cfg.flatten(space.build_config(trial))
+        made = outcome(config)
+        if made is None:
+            continue
+        history, failure = made
+        tags = {names.PARENT: parent, names.KIND: "trial", names.TRIAL: f"t{i}", **({names.FAILURE: failure} if failure else {})}
+        start = 60_000 * i
+        run_id = client.create_run(experiment, start_time=start, tags=tags).info.run_id
+        client.log_batch(run_id, params=[Param(k, tracking._param(v)) for k, v in config.items()],
+                         metrics=[Metric(k, v, 0, step) for k, points in history.items() for step, v in points])
+        client.set_terminated(run_id, "FAILED" if failure else "FINISHED", end_time=start + 60_000)
+    return uri, space.name
+
+
+RL_SCORE = {"gelu": 80.0, "relu": 84.0, "silu": 78.0, "rational": 94.0}
+
+
+def rl_trial(config):
+    """Hopper and walker2d; halfcheetah never ran. ReLU seed 4 has no finite evaluation (dropped);
+    SiLU seed 3 skipped two non-finite evaluations; rational seed 2 never ran."""
+    task, activation, seed = config["task"], config["activation"], config["seed"]
+    if task == "halfcheetah" or (activation, seed) == ("rational", 2):
+        return None
+    final = RL_SCORE[activation] + seed + (10 if task == "hopper" else 0)
+    curve = [(step, final * step / 50_000) for step in range(10_000, 60_000, 10_000)]
+    history = {"normalized_score": curve, "final_normalized_score": [(50_000, final)],
+               "final_return": [(50_000, 40 * final)], "elapsed_min": [(50_000, 50.0 + seed + (20 if activation == "rational" else 0))],
+               "nonfinite_evaluations": [(50_000, 2 if (activation, seed) == ("silu", 3) else 0)]}
+    if (activation, seed) == ("relu", 4):
+        return {"normalized_score": curve[:1], "elapsed_min": [(10_000, 9.0)]}, "diverged: no finite evaluation in 30"
+    return history, None
+
+
+@pytest.fixture(scope="module")
+def rl_store(tmp_path_factory):
+    return record(tmp_path_factory.mktemp("rl"), "rl_iql_table3", rl_trial)
+
+
+def test_rl_tables_show_score_return_and_time_per_task_and_activation(rl_store):
+    sweep = results.load_sweep(*rl_store)
+    md = report.table(sweep, report.Layout.of(sweep), "md")
+    lines = md.splitlines()
+    assert "| task | activation | Norm score | Return | Time (min) |" in lines and "minutes" not in md.split("\n\n")[1]
+    hopper = [line for line in lines if line.startswith("| Hopper |")]
+    relu = next(line for line in hopper if "| ReLU |" in line)
+    assert cell(lines[lines.index(hopper[0]) - 1], 2) == "- (0, 5 missing)"  # HalfCheetah Rational: never ran
+    # ReLU on hopper: seeds 0-3 finished (population std of 94..97), seed 4 dropped and counted
+    values = [94.0, 95.0, 96.0, 97.0]
+    assert cell(relu, 2) == f"*{statistics.fmean(values):.2f} ± {statistics.pstdev(values):.2f} (4, 1 diverged)*"  # second
+    assert cell(relu, 3) == f"{40 * statistics.fmean(values):.2f} ± {40 * statistics.pstdev(values):.2f}"
+    assert cell(relu, 4) == f"{statistics.fmean([50.0, 51.0, 52.0, 53.0]):.0f} ± {statistics.pstdev([50.0, 51, 52, 53]):.0f}"
+    rational = next(line for line in hopper if "| Rational |" in line)
+    assert cell(rational, 2) == "**106.00 ± 1.58 (4, 1 missing)**"  # best of the task; seed 2 never ran
+    assert cell(rational, 4) == "72 ± 2"  # 70, 71, 73, 74: population std 1.58
+    silu = next(line for line in hopper if "| SiLU |" in line)
+    assert "†" in cell(silu, 2) and md.rstrip().endswith("the last 5 finite ones (table_RL.py)")
+    csv_lines = report.table(sweep, report.Layout.of(sweep), "csv").splitlines()
+    assert csv_lines[0].startswith("task,activation,final_normalized_score_mean,final_normalized_score_std,"
+                                   "final_return_mean,final_return_std,elapsed_min_mean,elapsed_min_std,n,diverged")
+
+
+def test_rl_paper_view_diffs_every_published_column(rl_store):
+    sweep = results.load_sweep(*rl_store)
+    md = report.paper_comparison(sweep, report.Layout.of(sweep), "md", None)
+    lines = md.splitlines()
+    assert "| task | activation | figure | ours | paper | ours - paper | z |" in lines
+    assert "the authors' rule for failed runs here: table_RL.py never stops a run on NaN" in md
+    start = next(i for i, line in enumerate(lines) if line.startswith("| Hopper | Rational |"))
+    score, ret, time = lines[start:start + 3]
+    published = next(e for e in paper.get("table3").cells if e["task"] == "hopper" and e["activation"] == "rational")
+    assert cell(score, 2) == "Norm score" and cell(score, 4) == "91.58 ± 0.66 (5)"
+    assert cell(ret, 0) == "" and cell(ret, 2) == "Return" and cell(ret, 4) == "3534.30 ± 25.55 (5)"
+    ours = [40 * (94.0 + 10 + s) for s in (0, 1, 3, 4)]
+    diff = statistics.fmean(ours) - published["final_return"]["mean"]
+    se = math.sqrt(statistics.stdev(ours) ** 2 / 4 + (published["final_return"]["std"] * math.sqrt(5 / 4)) ** 2 / 5)
+    assert cell(ret, 5) == f"{diff:+.2f}" and cell(ret, 6) == f"{diff / se:+.1f}"
+    assert cell(time, 2) == "Time (min)" and cell(time, 4) == "73.00 ± 1.00 (5)" and cell(time, 5) == f"{statistics.fmean([70, 71, 73, 74]) - 73:+.2f}"
+    cheetah = next(line for line in lines if line.startswith("| HalfCheetah | GELU |"))  # planned, never ran: no difference
+    assert cell(cheetah, 3) == "- (0, 5 missing)" and cell(cheetah, 4) == "79.32 ± 7.04 (5)" and cell(cheetah, 5) == ""
+    csv_lines = report.paper_comparison(sweep, report.Layout.of(sweep), "csv", None).splitlines()
+    assert csv_lines[0] == "task,activation,figure,ours,paper,difference,z" and len(csv_lines) == 1 + 12 * 3
+
+
+def t5_trial(config):
+    """One run per cell, 100 epochs of 5-6 minutes; the norm-free ViT with ReLU or GELU diverges at
+    epoch 3 after a best of 2 %; Swin GELU never ran."""
+    model, activation, no_norm = config["model"], config["activation"], config["no_norm"]
+    if (model, activation) == ("swin", "gelu"):
+        return None
+    epoch = 5.0 + 0.5 * (activation == "rational") + 0.1 * ["cait", "swin", "vit"].index(model)
+    if no_norm and activation != "rational":
+        return {"best_ema_top1": [(3, 0.02)], "elapsed_min": [(2, 2 * epoch)]}, "diverged: loss is nan at epoch 3"
+    best = {"relu": 0.55, "gelu": 0.56, "rational": 0.57}[activation] + 0.03 * no_norm
+    return {"best_ema_top1": [(100, best)], "elapsed_min": [(100, 100 * epoch + 1)], "median_epoch_min": [(100, epoch)]}, None
+
+
+@pytest.fixture(scope="module")
+def t5_store(tmp_path_factory):
+    return record(tmp_path_factory.mktemp("t5"), "tinyimagenet_table5", t5_trial)
+
+
+def test_table5_shows_each_cells_own_time_and_median_epoch(t5_store):
+    sweep = results.load_sweep(*t5_store)
+    md = report.table(sweep, report.Layout.of(sweep), "md")
+    lines = md.splitlines()
+    assert "| model | no_norm | activation | EMA val top-1 | Time (min) | median epoch (min) |" in lines
+    cait = [line for line in lines if line.startswith("| CaiT |")]
+    assert [cell(line, 4) for line in cait] == ["501", "501", "551"]  # per cell, never a row's mean
+    assert [cell(line, 5) for line in cait] == ["5.00", "5.00", "5.50"]
+    assert cell(cait[2], 3) == "**57.00 (1)**"
+    assert len([line for line in lines if line.startswith("| Swin |")]) == 3  # its GELU run never started: counted missing
+    no_norm = [line for line in lines if "ViT no norm" in line]
+    assert len(no_norm) == 3 and cell(no_norm[0], 3) == "fails to train (0, 1 diverged)" and cell(no_norm[2], 3) == "**60.00 (1)**"
+    dropped = report.table(sweep, report.Layout.of(sweep), "md", failed_as=math.nan)
+    assert "with --failed-as nan" in dropped
+    row = next(line for line in dropped.splitlines() if "ViT no norm" in line)
+    assert cell(row, 3) == "*2.00 (0, 1 diverged)*"  # the diverged run counts at its best before NaN (second of its block)
+    assert "- (0, 1 missing)" in dropped  # Swin GELU: no run, no number
+
+
+def test_table5_paper_view_diffs_accuracy_and_time(t5_store):
+    sweep = results.load_sweep(*t5_store)
+    md = report.paper_comparison(sweep, report.Layout.of(sweep), "md", None)
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| CaiT |  | Rational |"))
+    accuracy, time = lines[start:start + 2]
+    assert cell(accuracy, 5) == "56.15 (1)" and cell(accuracy, 6) == "+0.85" and cell(accuracy, 7) == "n/a"
+    assert cell(time, 3) == "Time (min)" and cell(time, 5) == "526.00 (1)" and cell(time, 6) == "+25.00"
+    relu = next(i for i, line in enumerate(lines) if "| ViT no norm |" in line)
+    assert "fails to train" in lines[relu] and "table_imagenet.py takes the max" in md
+
+
+def test_report_plots_bars_with_the_papers_numbers_and_rl_curves(rl_store, t5_store, tmp_path):
+    for store_, shape in ((rl_store, 2), (t5_store, 4)):
+        sweep = results.load_sweep(*store_)
+        layout = report.Layout.of(sweep)
+        files = report.plots(sweep, layout, tmp_path / sweep.name)
+        assert {f.name for f in files} >= {"learning_curves.png", "table_bars.png"}
+        from matplotlib.image import imread
+        image = imread(tmp_path / sweep.name / "table_bars.png")
+        assert image.shape[0] > 300 and image.shape[1] > 300  # one panel per task or model
+        report.log_report(sweep, files, tmp_path / sweep.name)
+        attached = {a.path for a in sweep.client.list_artifacts(sweep.sweep_run_ids[0], "report")}
+        assert "report/table_bars.png" in attached and "report/learning_curves.png" in attached

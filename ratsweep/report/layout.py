@@ -17,15 +17,18 @@ from ..sweep.results import Sweep, TrialRun
 
 
 OUTCOMES = ("diverged", "failed", "missing")  # shown after the finished count when there are any
+# a run's count of evaluations it reported non-finite and its final score skipped (offline RL, the authors' rule)
+NONFINITE_METRIC = "nonfinite_evaluations"
 
 
 @dataclass
 class Group:
     """The runs of one setting of the layout's keys, and how many trials the sweep planned for it.
 
-    `values` are the finished runs' metrics. With `failed_as` (the authors' convention), a diverged run
-    adds the last value it reported (a best_* metric: the best before divergence; `failed_as` if it
-    reported none), and every failed or missing trial adds `failed_as`."""
+    `values` are the finished runs' metrics. With `failed_as` (the authors' rule for Tables 1-2 and
+    5), a diverged run adds the last value it reported (a best_* metric: the best before divergence;
+    `failed_as` if it reported none), and every failed or missing trial adds `failed_as`; a NaN
+    `failed_as` adds nothing for them (Table 5: a run's best epoch counts, no run no number)."""
 
     key: tuple
     metric: str
@@ -53,7 +56,8 @@ class Group:
             if run.outcome(self.metric) == "diverged":
                 last = run.metrics.get(self.metric, math.nan)
                 values.append(last if math.isfinite(last) else self.failed_as)
-        return values + [self.failed_as] * (self.count("failed") + self.count("missing"))
+        values += [self.failed_as] * (self.count("failed") + self.count("missing"))
+        return [v for v in values if not math.isnan(v)]
 
     @property
     def mean(self) -> float:
@@ -61,14 +65,26 @@ class Group:
 
     @property
     def std(self) -> float:
-        if len(self.values) < 2:
+        return self.spread(self.values)
+
+    def figure(self, metric: str) -> list[float]:
+        """Another metric of the same finished runs (report.also: the RL tables' return and time)."""
+        return [r.metrics[metric] for r in self.finished if math.isfinite(r.metrics.get(metric, math.nan))]
+
+    def spread(self, values: list[float]) -> float:
+        if len(values) < 2:
             return 0.0
-        return statistics.pstdev(self.values) if self.population else statistics.stdev(self.values)
+        return statistics.pstdev(values) if self.population else statistics.stdev(values)
 
     @property
     def caveats(self) -> list[str]:
-        """What the runs say qualifies their numbers (their `caveat` param, e.g. substitute reference scores)."""
-        return sorted({str(r.extra["caveat"]) for r in self.runs if r.extra.get("caveat")})
+        """What the runs say qualifies their numbers: their `caveat` param (e.g. substitute reference
+        scores), and evaluations their final score skipped as non-finite."""
+        out = {str(r.extra["caveat"]) for r in self.runs if r.extra.get("caveat")}
+        skipped = sum(r.metrics.get(NONFINITE_METRIC, 0) > 0 for r in self.finished)
+        if skipped:
+            out.add("non-finite evaluations skipped: a final score averages the last 5 finite ones (table_RL.py)")
+        return sorted(out)
 
     def counts(self) -> str:
         """"5", "4, 1 diverged", "3, 1 failed, 1 missing": finished runs, then the others."""
@@ -147,7 +163,8 @@ class Layout:
     values (or "a | b" runs of consecutive row values, or "column=value") to the paper's names;
     `paper` names the paper's table of this sweep (paper_tables.yaml); `std` is "sample" or
     "population" (ddof 0, as the authors' RL table script); `best` is "per_column" (within each block
-    of rows) or "per_row"; `decimals` fixes the places shown."""
+    of rows) or "per_row"; `decimals` fixes the places shown; `also` adds figures per cell ({metric:
+    decimals}, e.g. the RL tables' return and time), each mean ± std over the cell's finished runs."""
 
     rows: list[str]
     columns: str | None = None
@@ -159,6 +176,7 @@ class Layout:
     std: str = "sample"
     best: str = "per_column"
     decimals: int | None = None
+    also: dict[str, int | None] = field(default_factory=dict)
 
     @classmethod
     def of(cls, sweep: Sweep) -> Layout:
@@ -166,7 +184,8 @@ class Layout:
         report = sweep.report
         return cls(list(report.get("rows") or default_group_by(sweep)), report.get("columns"), report.get("best_of"),
                    bool(report.get("percent", False)), report.get("curve"), dict(report.get("labels") or {}), report.get("paper"),
-                   report.get("std", "sample"), report.get("best", "per_column"), report.get("decimals"))
+                   report.get("std", "sample"), report.get("best", "per_column"), report.get("decimals"),
+                   dict(report.get("also") or {}))
 
     def row_labels(self, row: tuple) -> list[str]:
         """The row's values as shown: the longest run of consecutive values that has a label becomes
@@ -183,6 +202,9 @@ class Layout:
                 shown.append(row[i])
                 i += 1
         return shown
+
+    def figure_label(self, metric: str) -> str:
+        return self.labels.get(metric, metric)
 
     def column_label(self, column: str) -> str:
         if not self.columns:
@@ -223,8 +245,14 @@ def cells(sweep: Sweep, layout: Layout, failed_as: float | None = None) -> list[
 
 
 def block(layout: Layout, row: tuple) -> tuple:
-    """The rows a best is marked among: those sharing the first row key's value (all, with one key)."""
-    return row[:1] if len(layout.rows) > 1 else ()
+    """The rows a best is marked among (a plot's panel): those sharing the first row key's value, or
+    the values its label spans ("vit | True": ViT no norm, a block of its own as in the paper's
+    Table 5); all rows with one key."""
+    if len(layout.rows) < 2:
+        return ()
+    shown = layout.row_labels(row)
+    spanned = 1 + next((i for i, x in enumerate(shown[1:]) if x != ""), len(shown) - 1)
+    return row[:min(spanned, len(row) - 1)]
 
 
 def _rivals(layout: Layout, c: Cell) -> tuple:

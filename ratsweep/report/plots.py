@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 from ..sweep import names, results
 from ..sweep.results import Sweep
-from .layout import Layout, block, cells, check_layout
+from . import published as paper_tables
+from .layout import Cell, Layout, block, cells, check_layout
 from .table import table
 
 
@@ -41,13 +42,14 @@ def plots(sweep: Sweep, layout: Layout, directory: Path) -> list[Path]:
     for ax, panel in zip(axes, panels):
         for c in (c for c in found if (block(layout, c.row), c.column) == panel):
             finished = c.group.finished
-            histories = [sorted(sweep.client.get_metric_history(r.run_id, metric), key=lambda m: m.step) for r in finished]
-            curves = [[m.value for m in history] for history in histories]
-            length = min(len(curve) for curve in curves)
-            if length:
-                steps = [m.step for m in histories[0][:length]]  # the experiment's steps or epochs (names.STEP_KEYS)
-                mean = [statistics.fmean(curve[i] for curve in curves) for i in range(length)]
-                std = [statistics.pstdev([curve[i] for curve in curves]) for i in range(length)]
+            at: dict[int, list[float]] = {}  # the experiment's step or epoch (names.STEP_KEYS): the runs' values there
+            for r in finished:  # a run may lack a step (a non-finite evaluation is not logged): each step averages what it has
+                for m in sweep.client.get_metric_history(r.run_id, metric):
+                    at.setdefault(m.step, []).append(m.value)
+            if at:
+                steps = sorted(at)
+                mean = [statistics.fmean(at[step]) for step in steps]
+                std = [statistics.pstdev(at[step]) for step in steps]
                 label = " ".join(x for x in layout.row_labels(c.row)[len(panel[0]):] if x) or "all"
                 ax.plot(steps, mean, "o-", ms=2, label=label)
                 ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
@@ -59,12 +61,62 @@ def plots(sweep: Sweep, layout: Layout, directory: Path) -> list[Path]:
         title = ", ".join([*layout.row_labels(panel[0]), *([layout.column_label(panel[1])] if layout.columns else [])])
         ax.set_title(f"{sweep.name}: {title}" if title else sweep.name, fontsize=9)
         ax.set_xlabel(next((k for k in names.STEP_KEYS if k in found[0].group.finished[0].metrics), "report"))
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useMathText=True)  # 300k updates: x 10^5
         ax.set_ylabel(metric)
-        ax.legend(fontsize=7, frameon=False)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, frameon=False)
     figure.tight_layout()
     path = directory / "learning_curves.png"
     figure.savefig(path)
-    return [path, *_side_by_side(copied, directory), *written]
+    return [path, *bars(sweep, layout, found, directory), *_side_by_side(copied, directory), *written]
+
+
+def bars(sweep: Sweep, layout: Layout, found: list[Cell], directory: Path) -> list[Path]:
+    """table_bars.png: each cell's mean ± std (its std as the table shows it) as a bar, one panel per
+    block of rows (per model or task), a bar group per row with a bar per column; the paper's number
+    (± its std) marked on each bar its table publishes (report.paper), in the paper's units."""
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    published = paper_tables.get(layout.paper) if layout.paper else None
+    factor = published.scale if published else 100 if layout.percent else 1
+    keys = [*layout.rows, *([layout.columns] if layout.columns else [])]
+    panels = list(dict.fromkeys(block(layout, c.row) for c in found))
+    columns = list(dict.fromkeys(c.column for c in found))
+    width = 0.8 / len(columns)
+    figure = Figure(figsize=(max(5.0, 1.1 * len(found) / len(panels) + 2), 3.4 * len(panels)), dpi=120)
+    for ax, panel in zip(figure.subplots(len(panels), 1, squeeze=False).flat, panels):
+        in_panel = [c for c in found if block(layout, c.row) == panel]
+        rows = list(dict.fromkeys(c.row for c in in_panel))
+        marked, lows = False, []
+        for j, column in enumerate(columns):
+            for i, row in enumerate(rows):
+                c = next((c for c in in_panel if c.row == row and c.column == column), None)
+                if c is None or not c.group.values:
+                    continue
+                x = i + (j - (len(columns) - 1) / 2) * width
+                ax.bar(x, factor * c.group.mean, width * 0.9, yerr=factor * c.group.std, color=f"C{j}", capsize=3,
+                       label=layout.column_label(column) if layout.columns and i == 0 else None)
+                lows.append(factor * (c.group.mean - c.group.std))
+                entry = None if published is None else published.find(dict(zip(keys, (*c.row, c.column))))
+                if entry is not None and "mean" in published.cells[entry]:
+                    cell = published.cells[entry]
+                    ax.errorbar(x, cell["mean"], yerr=cell.get("std", 0), fmt="_", color="black", ms=14, mew=2, capsize=2,
+                                label="paper" if not marked else None)
+                    marked = True
+                    lows.append(cell["mean"] - cell.get("std", 0))
+        ax.set_xticks(range(len(rows)), [" ".join(x for x in layout.row_labels(r)[len(panel):] if x) or "all" for r in rows],
+                      fontsize=8)
+        low = min(lows, default=0)
+        ax.set_ylim(bottom=low if low <= 0 else 0.9 * low)  # the differences, not the bars' common base
+        title = " ".join(x for x in layout.row_labels(panel) if x)
+        ax.set_title(f"{sweep.name}: {title}" if title else sweep.name, fontsize=9)
+        ax.set_ylabel(f"{layout.figure_label(sweep.metric)}{' (%)' if factor == 100 else ''}")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, frameon=False)
+    figure.tight_layout()
+    path = directory / "table_bars.png"
+    figure.savefig(path)
+    return [path]
 
 
 def _side_by_side(copied: dict[str, list[Path]], directory: Path, per_row: int = 4) -> list[Path]:

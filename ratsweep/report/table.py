@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
 from collections.abc import Callable
 
@@ -14,19 +15,37 @@ from ..sweep.results import Sweep, TrialRun
 from .layout import OUTCOMES, Cell, Layout, cells, marks
 
 
-def _format(layout: Layout) -> tuple[Callable[[float], str], Callable[[float], str]]:
+# figures of report.also in minutes: a layout showing one leaves out the minutes column (trial wall time)
+TIME_FIGURES = ("elapsed_min",)
+
+
+def _format(percent: bool, decimals: int | None) -> tuple[Callable[[float], str], Callable[[float], str]]:
     """(mean format, std format): percent as 12.34, `decimals` places if set, else 4 significant digits."""
-    if layout.percent:
+    if percent:
         return lambda x: f"{100 * x:.2f}", lambda x: f"{100 * x:.2f}"
-    if layout.decimals is not None:
-        return lambda x: f"{x:.{layout.decimals}f}", lambda x: f"{x:.{layout.decimals}f}"
+    if decimals is not None:
+        return lambda x: f"{x:.{decimals}f}", lambda x: f"{x:.{decimals}f}"
     return lambda x: f"{x:.4g}", lambda x: f"{x:.2g}"
+
+
+def figure_text(c: Cell, layout: Layout, metric: str) -> str:
+    """A report.also figure of a cell: "12823.84 ± 1164.38", "481" (one run), "-" (none)."""
+    mean, std = _format(False, layout.also[metric])
+    values = c.group.figure(metric)
+    if not values:
+        return "-"
+    average = statistics.fmean(values)
+    return f"{mean(average)} ± {std(c.group.spread(values))}" if len(values) > 1 else mean(average)
+
+
+def _shows_minutes(layout: Layout) -> bool:
+    return not any(m in TIME_FIGURES for m in layout.also)
 
 
 def cell_text(c: Cell, layout: Layout) -> str:
     """"90.62 ± 0.21 (5)", "88.10 ± 0.40 (4, 1 diverged)", "57.26 (1)", "fails to train (0, 5 diverged)",
     "- (0, 5 missing)"."""
-    mean, std = _format(layout)
+    mean, std = _format(layout.percent, layout.decimals)
     g = c.group
     body = f"{mean(g.mean)} ± {std(g.std)}" if len(g.values) > 1 else mean(g.mean) if g.values else \
         "fails to train" if g.count("diverged") else "-"
@@ -85,8 +104,10 @@ def _superseded_note(sweep: Sweep) -> str:
 def failed_as_note(layout: Layout, failed_as: float | None) -> str:
     if failed_as is None:
         return "diverged, failed and missing seeds are counted, not averaged"
+    if math.isnan(failed_as):
+        return "with --failed-as nan: a diverged seed counts at its last value (the best before divergence), failed and missing ones are dropped"
     return (f"with --failed-as {failed_as:g}: a diverged seed counts at its last value (the best before divergence), "
-            f"a failed or missing seed as {_format(layout)[0](failed_as)}")
+            f"a failed or missing seed as {_format(layout.percent, layout.decimals)[0](failed_as)}")
 
 
 def table(sweep: Sweep, layout: Layout, fmt: str, failed_as: float | None = None) -> str:
@@ -102,11 +123,16 @@ def table(sweep: Sweep, layout: Layout, fmt: str, failed_as: float | None = None
         out = io.StringIO()
         writer = csv.writer(out)
         extra = [k for k in (layout.columns, layout.best_of) if k]
-        writer.writerow([*layout.rows, *extra, f"{sweep.metric}_mean", f"{sweep.metric}_std", "n", *OUTCOMES, "mark", "minutes", "caveat"])
+        figures = [name for metric in layout.also for name in (f"{metric}_mean", f"{metric}_std")]
+        writer.writerow([*layout.rows, *extra, f"{sweep.metric}_mean", f"{sweep.metric}_std", *figures, "n", *OUTCOMES, "mark",
+                         "minutes", "caveat"])
         for c in found:
             g = c.group
             chosen = [c.column] * bool(layout.columns) + [c.chosen] * bool(layout.best_of)
             stats = [g.mean, g.std] if g.values else ["", ""]
+            for metric in layout.also:
+                values = g.figure(metric)
+                stats += [statistics.fmean(values), g.spread(values)] if values else ["", ""]
             writer.writerow([*c.row, *chosen, *stats, len(g.finished), *(g.count(o) for o in OUTCOMES),
                              marked.get((c.row, c.column), ""), _minutes([c]), "; ".join(g.caveats)])
         return out.getvalue()
@@ -115,16 +141,25 @@ def table(sweep: Sweep, layout: Layout, fmt: str, failed_as: float | None = None
     by_row: dict[tuple, dict[str, Cell]] = {}
     for c in found:
         by_row.setdefault(c.row, {})[c.column] = c
-    header = [*layout.rows, *([layout.column_label(v) for v in columns] if layout.columns else [sweep.metric]), "minutes"]
+    figures = [layout.figure_label(sweep.metric), *(layout.figure_label(m) for m in layout.also)]
+    header = list(layout.rows)
+    for column in columns:  # per column the metric, then each figure of report.also
+        named = [layout.column_label(column)] if layout.columns else []
+        header += [" ".join([*named, f]) for f in (figures if layout.also or not named else [])] or named
+    minutes = _shows_minutes(layout)
+    header += ["minutes"] * minutes
     body = []
     for row, row_cells in by_row.items():
-        texts = [("-", "") if column not in row_cells else (cell_text(row_cells[column], layout), marked.get((row, column), ""))
-                 for column in columns]
-        body.append([*layout.row_labels(row), *texts, _minutes(list(row_cells.values()))])
+        texts = []
+        for column in columns:
+            c = row_cells.get(column)
+            texts.append(("-", "") if c is None else (cell_text(c, layout), marked.get((row, column), "")))
+            texts += ["-" if c is None else figure_text(c, layout, m) for m in layout.also]
+        body.append([*layout.row_labels(row), *texts, *[_minutes(list(row_cells.values()))] * minutes])
 
     if fmt == "latex":
         style = {"best": r"\textbf{%s}", "second": r"\underline{%s}", "": "%s"}
-        lines = [r"\begin{tabular}{" + "l" * len(layout.rows) + "r" * (len(columns) + 1) + "}", r"\toprule",
+        lines = [r"\begin{tabular}{" + "l" * len(layout.rows) + "r" * (len(header) - len(layout.rows)) + "}", r"\toprule",
                  " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
         for cells_ in body:
             rendered = [_tex(x) if isinstance(x, str) else style[x[1]] % _tex(x[0]) for x in cells_]
@@ -137,8 +172,8 @@ def table(sweep: Sweep, layout: Layout, fmt: str, failed_as: float | None = None
     std = " (population)" if layout.std == "population" else ""
     lines = [f"{sweep.name}: {sweep.metric}{unit} ({sweep.mode}), mean ± std{std} over seeds (finished, then diverged, "
              f"failed, missing); best{scope} in bold, second best in italics",
-             f"{failed_as_note(layout, failed_as)}; {_minutes_note(sweep)}{_superseded_note(sweep)}", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(layout.rows) + "---:|" * (len(columns) + 1)]
+             f"{failed_as_note(layout, failed_as)}" + (f"; {_minutes_note(sweep)}" if minutes else "") + _superseded_note(sweep), "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(layout.rows) + "---:|" * (len(header) - len(layout.rows))]
     for cells_ in body:
         rendered = [x if isinstance(x, str) else style[x[1]] % x[0] for x in cells_]
         lines.append("| " + " | ".join(rendered) + " |")

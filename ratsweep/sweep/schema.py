@@ -239,7 +239,8 @@ def _search_alg(path, raw) -> dict[str, Any]:
 
 def _report(path, experiment, metric: str, raw) -> dict[str, Any]:
     """report: {rows: [keys], columns: key, best_of: key, percent: bool, curve: metric, labels: {shown:
-    label}, paper: table, std: sample | population, best: per_column | per_row, decimals: int}."""
+    label}, paper: table, std: sample | population, best: per_column | per_row, decimals: int,
+    also: {metric: decimals}}."""
     raw, cls = _mapping(path, "report", raw), experiment.config
     for key, value in raw.items():
         if key not in REPORT_KEYS:
@@ -272,6 +273,15 @@ def _report(path, experiment, metric: str, raw) -> dict[str, Any]:
     decimals = raw.get("decimals")
     if decimals is not None and (not isinstance(decimals, int) or isinstance(decimals, bool) or not 0 <= decimals <= 8):
         _fail(path, "report.decimals", f"expected an integer from 0 to 8, got {decimals!r}")
+    also = raw.get("also", {})
+    if not isinstance(also, dict) or not all(isinstance(k, str) for k in also):
+        _fail(path, "report.also", f"expected a mapping of metrics to decimals (e.g. {{final_return: 2}}), got {also!r}")
+    for name, places in also.items():
+        if experiment.metrics and name not in experiment.metrics:
+            _fail(path, f"report.also.{name}", f"expected one of {', '.join(experiment.metrics)} (what {experiment.name} reports)"
+                                               f"{cfg.did_you_mean(name, experiment.metrics)}")
+        if places is not None and (not isinstance(places, int) or isinstance(places, bool) or not 0 <= places <= 8):
+            _fail(path, f"report.also.{name}", f"expected decimals, an integer from 0 to 8 (or null), got {places!r}")
     out = dict(raw)
     if "labels" in raw:
         out["labels"] = _labels(path, raw["labels"])

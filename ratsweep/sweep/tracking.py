@@ -283,7 +283,7 @@ class MlflowTracking(Callback):
         extra = result.get(RESULT_KEY) or {}
         # an artifacts-only result repeats the last report's metrics: they are logged once. NaN (a
         # diverged trial's last report) is not logged, so the run keeps the last finite value: for a
-        # best_* metric the best before divergence, which `report --failed-as` counts as the authors did.
+        # best_* metric the best before divergence, which `report --failed-as` counts as the CIFAR and Tiny ImageNet authors did.
         replayed = step <= self._replaying.get(trial.trial_id, -1)  # a report the failed attempt already logged
         if not replayed:
             self._replaying.pop(trial.trial_id, None)
