@@ -428,8 +428,9 @@ def test_resume_after_killing_the_driver(tmp_path):
             [trial_dir] = (tmp_path / "ratsweep_results").glob(f"resumable-*/approx_{run.data.tags['ratsweep.trial_id']}_*")
             assert len((trial_dir / "result.json").read_text().splitlines()) == 6
     # Tune's JSON and CSV results are written, its TensorBoard files not (MLflow is the record)
-    trial_dirs = list((tmp_path / "ratsweep_results").glob("resumable-*/approx_*"))
-    assert len(trial_dirs) == 6 and all((d / "progress.csv").is_file() and not list(d.glob("events.out.tfevents*")) for d in trial_dirs)
+    # (a trial starting as the driver was killed may leave an empty folder that the resumed run does not reuse)
+    trial_dirs = [d for d in (tmp_path / "ratsweep_results").glob("resumable-*/approx_*") if (d / "progress.csv").is_file()]
+    assert len(trial_dirs) == 6 and not list((tmp_path / "ratsweep_results").glob("resumable-*/approx_*/events.out.tfevents*"))
 
 
 def test_a_sync_that_found_tunes_temporary_file_gone_is_not_shown():
