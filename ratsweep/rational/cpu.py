@@ -43,7 +43,8 @@ _SIGNATURES = {
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 _build_lock = threading.Lock()
-_libraries: dict[tuple, ctypes.CDLL] = {}
+# (degrees, version) -> {(kind, dtype): the library's entry point}: one dict lookup per call
+_libraries: dict[tuple, dict[tuple[str, torch.dtype], ctypes._CFuncPtr]] = {}
 
 
 def compiler() -> str | None:
@@ -76,7 +77,8 @@ def _toolchain_id(cxx: str) -> str:
     return version + cpu
 
 
-def library(degrees: tuple[int, int], version: str) -> ctypes.CDLL:
+def library(degrees: tuple[int, int], version: str) -> dict[tuple[str, torch.dtype], ctypes._CFuncPtr]:
+    """The kernels of one (degrees, version), built or loaded on first use: {(kind, dtype): function}."""
     key = (degrees, version)
     lib = _libraries.get(key)
     if lib is None:
@@ -86,7 +88,7 @@ def library(degrees: tuple[int, int], version: str) -> ctypes.CDLL:
     return lib
 
 
-def _load(degrees: tuple[int, int], version: str) -> ctypes.CDLL:
+def _load(degrees: tuple[int, int], version: str) -> dict[tuple[str, torch.dtype], ctypes._CFuncPtr]:
     cxx = compiler()
     if cxx is None:
         raise KernelError(f"no C++ compiler found (CXX={os.environ.get('CXX', '')!r}); install g++ or set CXX, {TORCH_PATH_HINT}")
@@ -108,7 +110,7 @@ def _load(degrees: tuple[int, int], version: str) -> ctypes.CDLL:
     for name, argtypes in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, None
-    return lib
+    return {(kind, dtype): getattr(lib, f"rational_{kind}_{suffix}") for kind in ("forward", "backward") for dtype, suffix in _SUFFIX.items()}
 
 
 def _build(cxx: str, source: str, defines: tuple[str, ...], path: Path) -> None:
@@ -132,36 +134,39 @@ def _compile(cxx: str, source: str, defines: tuple[str, ...], path: Path) -> Non
         raise KernelError(f"{cxx} could not build the CPU rational kernel ({TORCH_PATH_HINT}):\n{proc.stderr[-4000:]}")
 
 
-def _prepare(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor):
-    """x in its compute dtype and a dense layout, coefficients in the same dtype, contiguous."""
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    xc = dense(x if x.dtype == dtype else x.to(dtype))
-    a = numerator.detach().to(dtype).contiguous()
-    b = denominator.detach().to(dtype).contiguous()
-    return xc, a, b
+# The op's fixed cost decides small activations (an RL MLP's 256 x 256): each call below does only
+# what its inputs require. The usual case (fp32 x, fp32 contiguous parameters) makes no tensor but
+# the outputs and calls each kernel through one dict lookup (benchmarks/rational_kernels.py, per call).
 
 
-def _kernel(kind: str, a: torch.Tensor, b: torch.Tensor, version: str, dtype: torch.dtype):
-    return getattr(library(degrees_of(a, b, version), version), f"rational_{kind}_{_SUFFIX[dtype]}")
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32  # fp16/bf16 compute in fp32
+
+
+def _coefficients(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t itself where the kernel can read it as it is (a parameter of the compute dtype), else a copy."""
+    return t if t.dtype == dtype and t.is_contiguous() else t.detach().to(dtype).contiguous()
 
 
 def forward(x: torch.Tensor, numerator, denominator, version: str) -> torch.Tensor:
-    xc, a, b = _prepare(x, numerator, denominator)
+    dtype = _compute_dtype(x)
+    xc = dense(x if x.dtype == dtype else x.to(dtype))
+    a, b = _coefficients(numerator, dtype), _coefficients(denominator, dtype)
     y = torch.empty_like(xc)
-    if xc.numel():
-        _kernel("forward", a, b, version, xc.dtype)(xc.data_ptr(), y.data_ptr(), xc.numel(), a.data_ptr(), b.data_ptr())
+    library(degrees_of(a, b, version), version)["forward", dtype](xc.data_ptr(), y.data_ptr(), xc.numel(), a.data_ptr(), b.data_ptr())
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 def backward(grad: torch.Tensor, x: torch.Tensor, numerator, denominator, version: str):
-    xc, a, b = _prepare(x, numerator, denominator)
-    g = like(grad if grad.dtype == xc.dtype else grad.to(xc.dtype), xc)
+    """(dx, d numerator, d denominator): the kernel sums the coefficient gradients in double and
+    writes them in the compute dtype."""
+    dtype = _compute_dtype(x)
+    xc = dense(x if x.dtype == dtype else x.to(dtype))
+    a, b = _coefficients(numerator, dtype), _coefficients(denominator, dtype)
+    g = like(grad if grad.dtype == dtype else grad.to(dtype), xc)
     dx = torch.empty_like(xc)
-    grad_num = torch.zeros(a.numel(), dtype=torch.float64)
-    grad_den = torch.zeros(b.numel(), dtype=torch.float64)
-    if xc.numel():
-        _kernel("backward", a, b, version, xc.dtype)(
-            xc.data_ptr(), g.data_ptr(), dx.data_ptr(), xc.numel(), a.data_ptr(), b.data_ptr(),
-            grad_num.data_ptr(), grad_den.data_ptr(),
-        )
-    return dx if dx.dtype == x.dtype else dx.to(x.dtype), grad_num.to(numerator.dtype), grad_den.to(denominator.dtype)
+    grad_num, grad_den = torch.empty(a.numel(), dtype=dtype), torch.empty(b.numel(), dtype=dtype)
+    library(degrees_of(a, b, version), version)["backward", dtype](
+        xc.data_ptr(), g.data_ptr(), dx.data_ptr(), xc.numel(), a.data_ptr(), b.data_ptr(), grad_num.data_ptr(), grad_den.data_ptr())
+    return (dx if dx.dtype == x.dtype else dx.to(x.dtype), grad_num if grad_num.dtype == numerator.dtype else grad_num.to(numerator.dtype),
+            grad_den if grad_den.dtype == denominator.dtype else grad_den.to(denominator.dtype))

@@ -87,8 +87,16 @@ def reset_backends_used() -> None:
     _used.clear()
 
 
+# (backend, device type) -> the backend that runs: decided at the first call, as the kernels it
+# loads then are (a per-call resolution cost microseconds, as much as a small activation's kernel)
+_resolved: dict[tuple[str, str], str] = {}
+
+
 def _call(method: str, backend: str, device: torch.device, *args):
-    name = resolve_backend(backend, device)
+    key = (backend, device.type)
+    name = _resolved.get(key)
+    if name is None:
+        name = _resolved[key] = resolve_backend(backend, device)
     result = getattr(_COMPILED.get(name, reference), method)(*args)
     _used.add(name)
     return result
