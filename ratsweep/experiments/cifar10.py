@@ -106,6 +106,7 @@ class Cifar10Config:
     lr: float = 0.02  # SGD, Nesterov momentum 0.9
     seed: int = 0
     amp: bool = False  # bf16 autocast on CUDA, a speed option; the paper ran fp32 (CPU runs stay fp32)
+    compile: bool = False  # torch.compile the model (whole graph, rationals inside): a speed option; compile_s reports its first step
 
     def __post_init__(self):
         check_seed(self.seed)
@@ -311,7 +312,8 @@ def epoch_plan(n: int, generator: torch.Generator, device: torch.device) -> tupl
 
 
 @register_experiment("cifar10", config=Cifar10Config, datasets=("cifar10",),
-                     metrics={"train_loss": "min", "test_loss": "min", "test_acc": "max", "best_test_acc": "max", "epoch_time_s": "min"}, smoke={"epochs": 1},
+                     metrics={"train_loss": "min", "test_loss": "min", "test_acc": "max", "best_test_acc": "max", "epoch_time_s": "min",
+                              "compile_s": "min"}, smoke={"epochs": 1},
                      family=FAMILY)
 def run(config: Cifar10Config, session: Session) -> dict[str, float]:
     """VGG4/VGG8 on CIFAR-10 with the paper's baseline or augmented recipe (Appendix E)."""
@@ -340,6 +342,8 @@ def run(config: Cifar10Config, session: Session) -> dict[str, float]:
         order, offsets, flips = epoch_plan(len(train_y), generator, device)
         first = order[:min(LSUV_IMAGES, config.batch_size)]
         lsuv(model, train_images(train_x, first, offsets, flips, recipe.augment, normalize, memory_format))
+    if config.compile:  # after LSUV, whose hooks need the eager model; in place, so state_dicts keep their keys
+        model.compile(fullgraph=True)
     optimizer = torch.optim.SGD(
         rational_param_groups(model, config.lr, config.rational.lr_mult, recipe.weight_decay),
         lr=config.lr, momentum=MOMENTUM, nesterov=True,
@@ -364,11 +368,12 @@ def run(config: Cifar10Config, session: Session) -> dict[str, float]:
         state = restore(session.restored, parts, generator)
         start, best_test_acc, curve, shapes = state["epoch"], state["best_test_acc"], list(state["curve"]), dict(state["shapes"])
 
+    compile_s = None  # the first step after a (re)start compiles: reported apart from the steady state
     for epoch in range(start + 1, epochs + 1):
         started = time.perf_counter()
         order, offsets, flips = epoch_plan(len(train_y), generator, device)
         loss_sum, seen = torch.zeros((), device=device), 0
-        for batch in order.split(config.batch_size):
+        for step, batch in enumerate(order.split(config.batch_size)):
             if mixup is not None and len(batch) % 2:  # mixup pairs each image with its mirror in the batch
                 batch = batch[:-1]
             x, y = train_images(train_x, batch, offsets, flips, recipe.augment, normalize, memory_format), train_y[batch]
@@ -382,6 +387,9 @@ def run(config: Cifar10Config, session: Session) -> dict[str, float]:
             optimizer.step()
             loss_sum += loss.detach() * len(batch)  # no host sync per step
             seen += len(batch)
+            if config.compile and compile_s is None and step == 0:
+                loss_sum.item()  # the compiled step has run
+                compile_s = time.perf_counter() - started
         schedule.step()
         train_loss = loss_sum.item() / seen
         check_finite(train_loss, f"epoch {epoch}")
@@ -394,6 +402,7 @@ def run(config: Cifar10Config, session: Session) -> dict[str, float]:
             "test_acc": test_acc,
             "best_test_acc": best_test_acc,
             "epoch_time_s": time.perf_counter() - started,
+            **({"compile_s": compile_s} if compile_s is not None and epoch == start + 1 else {}),
         }
         curve.append(metrics)
         if epoch in snapshot_epochs:

@@ -68,6 +68,7 @@ UNSCALED_CAVEAT = "rewards unscaled: the medium dataset's episode returns have n
 REFERENCE_FILE = "ratsweep_reference_returns.json"  # in Minari's datasets folder, beside the datasets
 SNAPSHOT_FRACTIONS = (1 / 6, 1 / 3, 1 / 2, 1)  # rational shapes at 50k, 100k, 150k and 300k of 300k updates
 SMOKE_EVAL_STEPS = 50  # --smoke evaluates short episodes
+COMPILED_VARIANTS = 64  # compile: Dynamo entries the MLPs may take (IQL: 6 networks x grad modes x batch shapes)
 
 
 @dataclass
@@ -94,6 +95,7 @@ class OfflineRLConfig:
     tau: float = 0.005  # Polyak rate of the target networks
     hidden: int = 256  # width of the two hidden layers of every MLP
     tf32: bool = True  # TF32 matmuls on CUDA, as the authors allowed (fp32 otherwise)
+    compile: bool = False  # torch.compile every MLP (whole graph, rationals inside): a speed option; compile_s reports its first call
     score_reference: Literal["measured", "d4rl"] = "measured"  # normalized-score anchors: v5-measured, or D4RL's (marked)
     seed: int = 0  # networks, batches, evaluation episodes
 
@@ -113,6 +115,7 @@ class OfflineRLConfig:
 OFFLINE_METRICS = {
     "normalized_score": "max", "final_normalized_score": "max", "return_mean": "max", "final_return": "max",
     "updates_per_s": "max", "eval_time_s": "min", "elapsed_min": "min", "final_evaluations": "max", "nonfinite_evaluations": "min",
+    "compile_s": "min",
 }
 SMOKE = {"updates": 200, "eval_every": 100, "eval_episodes": 2, "batch_size": 64}
 
@@ -421,6 +424,22 @@ def d4rl_reference(task: str) -> Reference:
 # ---- the loop ---------------------------------------------------------------------------------
 
 
+def compile_networks(algorithm: Algorithm) -> None:
+    """Every MLP of the algorithm, trained and target, compiled in place with torch.compile as one
+    graph each (fullgraph: the rational op is a registered custom op, so it breaks nothing); their
+    parameters and state_dicts stay the modules' own.
+
+    They all run one code object (nn.Sequential.forward), and Dynamo caches per code object: each
+    network, target, grad mode and batch shape is an entry of its own, more than its default limit
+    of 8 (past it, Dynamo raises under fullgraph), so the limit is raised for this process."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_VARIANTS)
+    for part in algorithm.parts.values():
+        if isinstance(part, nn.Module):
+            for module in part.modules():
+                if isinstance(module, nn.Sequential):
+                    module.compile(fullgraph=True)
+
+
 def final_scores(history: list[dict[str, float]]) -> tuple[float, float, int]:
     """(final normalized score, final return, evaluations behind them): the means over the last
     FINAL_EVALUATIONS FINITE evaluations, as table_RL.py (a run is never stopped on NaN; non-finite
@@ -463,6 +482,8 @@ def train(config: OfflineRLConfig, session: Session,
                         for stream in (1, 2))
     obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
     algorithm = make_algorithm(config, obs_dim, act_dim, device, generator)
+    if config.compile:
+        compile_networks(algorithm)
     scale = data.reward_scale() if algorithm.scales_rewards else 1.0
     if algorithm.scales_rewards and data.return_range is None:
         caveats.append(UNSCALED_CAVEAT)
@@ -486,12 +507,17 @@ def train(config: OfflineRLConfig, session: Session,
     try:
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
-        window_start, window_updates = time.perf_counter(), 0
+        window_start, window_updates, compiled = time.perf_counter(), 0, {}
         for step in range(start + 1, updates + 1):
             for name, value in algorithm.update(transitions.sample(config.batch_size, generator), step).items():
                 sums[name] = sums[name] + value if name in sums else value
                 counts[name] = counts.get(name, 0) + 1
-            window_updates += 1
+            if config.compile and step == start + 1:  # the first update compiles: timed apart from the steady state
+                compiled["compile_s"] = time.perf_counter() - window_start
+                elapsed += compiled["compile_s"]
+                window_start = time.perf_counter()
+            else:
+                window_updates += 1
             if step in snapshot_steps:
                 shapes[step] = rational_snapshot(algorithm.networks)
             if step % config.eval_every and step != updates:
@@ -511,7 +537,9 @@ def train(config: OfflineRLConfig, session: Session,
                 "updates_per_s": window_updates / max(trained - window_start, 1e-9),
                 "eval_time_s": evaluated - trained,
                 "elapsed_min": elapsed / 60,  # the run's wall time so far, evaluations included (the tables' time)
+                **compiled,
             }
+            compiled = {}
             history.append(metrics)
             # so far; final after the last evaluation
             metrics["final_normalized_score"], metrics["final_return"], metrics["final_evaluations"] = final_scores(history)

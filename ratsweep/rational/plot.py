@@ -32,7 +32,8 @@ def capture_inputs(model: nn.Module, max_samples: int = 100_000):
 
     handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, Rational)]
     try:
-        yield seen
+        with torch.compiler.set_stance("force_eager"):  # a compiled model's graph would not call the hooks
+            yield seen
     finally:
         for h in handles:
             h.remove()
