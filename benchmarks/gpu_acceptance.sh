@@ -11,9 +11,10 @@
 #
 # Steps: the environment, the wheels, a forward and a backward of each kernel against the reference
 # (`ratsweep check`), the CUDA tests, CUDA-graph capture and fullgraph torch.compile, the kernel
-# benchmark (fp32/bf16/fp16 at 1M/16M/64M: bandwidth against a plain copy, time against GELU) and a
-# short CIFAR-10 VGG4 run (rational vs GELU). A failing step does not stop the later ones. Results go
-# to benchmarks/results/ (or --out): rational_kernels_<gpu>.md, cifar_epoch_<gpu>.md, and
+# benchmark (fp32/bf16/fp16 at 1M/16M/64M: bandwidth against a plain copy, time against GELU), a
+# short CIFAR-10 VGG4 run (rational vs GELU) and the RL update step eager and compiled into CUDA graphs
+# (rational vs ReLU and GELU). A failing step does not stop the later ones. Results go to
+# benchmarks/results/ (or --out): rational_kernels_<gpu>.md, cifar_epoch_<gpu>.md, rl_updates_<gpu>.md, and
 # gpu_acceptance_<gpu>.md with the device, versions, date and a table of every step, passed or failed
 # with its cause; the full output is in gpu_acceptance_<gpu>.log. Exit status 1 if any step failed.
 set -uo pipefail
@@ -136,12 +137,14 @@ if ((QUICK)); then  # the CPU cases of the same tests, tiny sizes
     DEVICE=cpu
     BENCHMARK_ARGS=(--device cpu --size 65536 --rounds 3 --calls 1)
     CIFAR_ARGS=(--models vgg4 --train-images 256 --epochs 2 --precisions fp32 --pack 0)
+    RL_ARGS=(--device cpu --algorithms iql --activations relu,rational --updates 20 --warmup 2 --rounds 2 --compile)
     TESTS=(-q -k "sign_bit or large_inputs")
     GRAPH_TESTS=(-q -k "graph or (compiled and mlp)")
 else  # the GPU cases only (-m gpu): the CPU ones run in CI, and would need a C++ compiler here
     DEVICE=cuda
     BENCHMARK_ARGS=(--device cuda --size $((1 << 20)) --size $((16 << 20)) --size $((64 << 20)))
     CIFAR_ARGS=(--models vgg4 --epochs 2 --precisions fp32 --pack 0)
+    RL_ARGS=(--device cuda --updates 1000 --warmup 20 --compile)  # compiled: CUDA graphs, the rational kernels inside
     TESTS=(-v -m gpu -k "not graph and not compiled")  # -v: each result in the log as it comes
     GRAPH_TESTS=(-v -m gpu -k "graph or compiled")
 fi
@@ -155,6 +158,7 @@ step "CUDA tests" 180 "${PYTEST[@]}" "${TESTS[@]}"
 step "graph capture, fullgraph compile" 90 "${PYTEST[@]}" "${GRAPH_TESTS[@]}"
 step "kernel benchmark" 120 "$PYTHON" benchmarks/rational_kernels.py "${BENCHMARK_ARGS[@]}" --output "$OUT/rational_kernels_$TAG.md"
 step "CIFAR-10 VGG4, rational vs GELU" 120 "$PYTHON" benchmarks/cifar_epoch.py "${CIFAR_ARGS[@]}" --output "$OUT/cifar_epoch_$TAG.md"
+step "RL updates, eager and CUDA graphs" 180 "$PYTHON" benchmarks/rl_updates.py "${RL_ARGS[@]}" --output "$OUT/rl_updates_$TAG.md"
 
 {
     echo "# GPU acceptance run"

@@ -150,16 +150,18 @@ def run_case(device: torch.device, dtype: torch.dtype, n: int, degrees, version:
     return rows
 
 
-def per_call(device: torch.device, dtype: torch.dtype, n: int, degrees, version: str, calls: int = 300) -> list[dict]:
+def per_call(device: torch.device, dtype: torch.dtype, n: int, degrees, version: str, calls: int = 300, rounds: int = 7) -> list[dict]:
     """Microseconds per forward+backward over `calls` back-to-back calls, synchronized once at the end:
-    the rate a training loop issues them at when the GPU is not the bottleneck."""
+    the rate a training loop issues them at when the device is not the bottleneck (on a GPU: the
+    host-side cost, CuPy's launch and plan lookup for the rational). Best of `rounds`, the
+    contenders taking turns each round so the machine's drift hits them alike."""
     x = torch.randn(n, device=device).to(dtype).requires_grad_()
     dy = torch.randn(n, device=device).to(dtype)
-    rows = []
-    for name, fn in contenders(device, degrees, version).items():
-        inputs = grad_inputs(fn, x)
-        timings = []
-        for _ in range(5):
+    fns = contenders(device, degrees, version)
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            inputs = grad_inputs(fn, x)
             for _ in range(10):
                 torch.autograd.grad(fn(x), inputs, dy)
             if device.type == "cuda":
@@ -169,20 +171,19 @@ def per_call(device: torch.device, dtype: torch.dtype, n: int, degrees, version:
                 torch.autograd.grad(fn(x), inputs, dy)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            timings.append((time.perf_counter() - t0) / calls * 1e6)
-        rows.append({"name": name, "us": statistics.median(timings)})
-    for row in rows:
-        row["vs_gelu"] = row["us"] / rows[0]["us"]
-    return rows
+            best[name] = min(best[name], (time.perf_counter() - t0) / calls * 1e6)
+    gelu = best["gelu"]
+    return [{"name": name, "us": us, "vs_gelu": us / gelu, "over_gelu": us - gelu} for name, us in best.items()]
 
 
 def per_call_table(device: torch.device, dtype_name: str, results: dict[int, list[dict]]) -> str:
     sizes = list(results)
-    head = f"### {device.type} {dtype_name}: per-call cost of small tensors (fwd+bwd, back to back, µs per call)"
-    lines = [head, "", "| kernel | " + " | ".join(f"n={n:,}: µs (x GELU)" for n in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+    cost = "host-side cost" if device.type == "cuda" else "fwd+bwd"
+    head = f"### {device.type} {dtype_name}: per-call cost of small tensors ({cost}, back to back, best of rounds, µs per call)"
+    lines = [head, "", "| kernel | " + " | ".join(f"n={n:,}: µs (x GELU, + µs)" for n in sizes) + " |", "|---|" + "---:|" * len(sizes)]
     names = [row["name"] for row in results[sizes[0]]]
     for i, name in enumerate(names):
-        cells = [f"{results[n][i]['us']:.1f} ({results[n][i]['vs_gelu']:.2f})" for n in sizes]
+        cells = [f"{results[n][i]['us']:.1f} ({results[n][i]['vs_gelu']:.2f}, {results[n][i]['over_gelu']:+.1f})" for n in sizes]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -269,8 +270,9 @@ def main() -> None:
         "Targets: CPU (fp32, 4M) fwd+bwd <= 1.5x GELU and >= 5x faster than the reference; "
         "GPU (64M, fp32 and bf16) fwd+bwd <= 1.2x GELU, >= 10x faster than the reference, "
         "forward >= 80 % and backward >= 75 % of device copy bandwidth, one saved activation-sized tensor. "
-        "Small tensors: the per-call cost is the launch path's; one launch forward and one backward (GELU's count) "
-        "is what the CUDA path is built for.",
+        "Small tensors (fp32 CPU): <= +10 µs over GELU at 4,096 elements and <= 1.05x GELU at 65,536; on a GPU the "
+        "per-call cost is the host's launch path: one launch forward and one backward (GELU's count) is what the CUDA "
+        "path is built for.",
     ]
     if args.output:
         with open(args.output, "w") as f:

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_acceptance.sh"
 STEPS = ["environment", "wheels", "kernel check", "CUDA tests", "graph capture, fullgraph compile", "kernel benchmark",
-         "CIFAR-10 VGG4, rational vs GELU"]
+         "CIFAR-10 VGG4, rational vs GELU", "RL updates, eager and CUDA graphs"]
 
 
 def run(out: Path, python: str) -> tuple[subprocess.CompletedProcess, dict[str, tuple[str, str]], str]:
@@ -37,6 +37,8 @@ def test_a_quick_run_passes_every_step_and_writes_its_results(tmp_path):
     assert "| rational[" in kernels.read_text() and "copy:" in kernels.read_text()
     (cifar,) = tmp_path.glob("cifar_epoch_*.md")
     assert "| vgg4 | rational |" in cifar.read_text()
+    (rl,) = tmp_path.glob("rl_updates_*.md")
+    assert "| iql | compiled | rational |" in rl.read_text()
     (log,) = tmp_path.glob("gpu_acceptance_*.log")
     assert "=== kernel benchmark" in log.read_text()
 

@@ -424,20 +424,21 @@ def d4rl_reference(task: str) -> Reference:
 # ---- the loop ---------------------------------------------------------------------------------
 
 
-def compile_networks(algorithm: Algorithm) -> None:
+def compile_networks(algorithm: Algorithm, mode: str | None = None) -> None:
     """Every MLP of the algorithm, trained and target, compiled in place with torch.compile as one
     graph each (fullgraph: the rational op is a registered custom op, so it breaks nothing); their
     parameters and state_dicts stay the modules' own.
 
     They all run one code object (nn.Sequential.forward), and Dynamo caches per code object: each
     network, target, grad mode and batch shape is an entry of its own, more than its default limit
-    of 8 (past it, Dynamo raises under fullgraph), so the limit is raised for this process."""
+    of 8 (past it, Dynamo raises under fullgraph), so the limit is raised for this process. `mode`:
+    torch.compile's ("reduce-overhead": CUDA graphs, benchmarks/rl_updates.py on a GPU)."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_VARIANTS)
     for part in algorithm.parts.values():
         if isinstance(part, nn.Module):
             for module in part.modules():
                 if isinstance(module, nn.Sequential):
-                    module.compile(fullgraph=True)
+                    module.compile(fullgraph=True, mode=mode, dynamic=False)
 
 
 def final_scores(history: list[dict[str, float]]) -> tuple[float, float, int]:
