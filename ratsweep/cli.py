@@ -317,13 +317,18 @@ def report(args: argparse.Namespace) -> int:
     if args.paper is not None:
         if args.format == "latex":
             raise UserError("--paper: expected --format md or csv")
-        print(reports.paper_comparison(sweep, layout, args.format, args.paper or None, args.failed_as), end="")
+        text = reports.paper_comparison(sweep, layout, args.format, args.paper or None, args.failed_as)
     else:
-        print(reports.table(sweep, layout, args.format, args.failed_as), end="")
-    if plots:
-        files = reports.plots(sweep, layout, plots)
+        text = reports.table(sweep, layout, args.format, args.failed_as)
+    print(text, end="")
+    if plots:  # the table as printed, with its plots beside it
+        suffix = {"md": "md", "csv": "csv", "latex": "tex"}[args.format]
+        written = plots / f"report{'_paper' if args.paper is not None else ''}.{suffix}"
+        written.write_text(text)
+        files = [written, *reports.plots(sweep, layout, plots)]
         reports.log_report(sweep, files, plots)
-        print(f"plots: {len(files)} files in {plots} (also attached to the sweep's MLflow run under report/)")
+        print(f"plots: {len(files)} files in {plots}, beside the table ({written.name}); also attached to the sweep's MLflow run "
+              f"under report/")
     return 0
 
 
@@ -433,7 +438,8 @@ def build_parser() -> OneLineParser:
             sub.add_argument("--paper", nargs="?", const="", metavar="TABLE", help="each cell beside the paper's number "
                              "and the difference in standard errors (TABLE: the space's report.paper, or table1..table5)")
             sub.add_argument("--format", choices=["md", "latex", "csv"], default="md")
-            sub.add_argument("--plots", metavar="DIR", help="also write learning curves and learned-activation plots here")
+            sub.add_argument("--plots", metavar="DIR", help="also write here the table (report.md, .csv or .tex), its cells "
+                             "as bars beside the paper's numbers, learning curves and learned-activation plots")
     sub = command(validate)
     sub.add_argument("space")
     sub.add_argument("--set", action="append", metavar="KEY=VALUE")

@@ -42,7 +42,7 @@ GROUP_NORM = {("relu", None): 0.02, ("gelu", None): 0.025, ("rational", "leaky_r
 DIVERGED = ("relu", None, "none", True, 2)  # reported 0.61 before its loss went NaN
 CRASHED = ("gelu", None, "group", True, 2)
 NEVER_RAN = ("gelu", None, "group", True, 1)
-COMMON = {"model": "vgg4", "recipe": "augmented", "amp": False, "epochs": 60, "batch_size": 128, "lr": 0.02}
+COMMON = {"model": "vgg4", "recipe": "augmented", "amp": False, "compile": False, "epochs": 60, "batch_size": 128, "lr": 0.02}
 RERUN = {**COMMON, "activation": "rational", "rational.degrees": [5, 4], "rational.version": "A", "rational.init": "gelu",
          "rational.lr_mult": 0.5, "norm": "none", "lsuv": True, "seed": 0}
 SMOKED = {**COMMON, "activation": "relu", "norm": "group", "lsuv": False, "seed": 0}

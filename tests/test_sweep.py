@@ -188,7 +188,8 @@ def test_report_tables_and_plots(smoke_sweep):
     assert all(" (2)" in row for row in rows) and sum("**" in row for row in rows) == 1  # two seeds finished
     assert sum("| *" in row and "| **" not in row for row in rows) == 1  # the other is second best (italics)
     assert "±" in md
-    assert (cwd / "plots" / "learning_curves.png").stat().st_size > 5000
+    assert (cwd / "plots" / "learning_curves.png").stat().st_size > 5000 and (cwd / "plots" / "table_bars.png").is_file()
+    assert (cwd / "plots" / "report.md").read_text() in md  # the table as printed, beside its plots
     assert list((cwd / "plots").glob("*rational*/activation_layer1.png"))
     csv_lines = ratsweep(cwd, "report", "e2e_approx", "--format", "csv", "--group-by", "activation", "--include-smoke").stdout.splitlines()
     assert csv_lines[0] == "activation,max_abs_err_mean,max_abs_err_std,n,diverged,failed,missing,mark,minutes,caveat" and len(csv_lines) == 3

@@ -31,8 +31,11 @@ def capture_inputs(model: nn.Module, max_samples: int = 100_000):
         seen[module] = x.cpu() if prev is None else torch.cat([prev, x.cpu()])[-max_samples:]
 
     handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, Rational)]
+    # a compiled model's graph would not call the hooks: it runs eager here (torch._dynamo loads in
+    # seconds, so only where something was compiled)
+    compiled = any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
     try:
-        with torch.compiler.set_stance("force_eager"):  # a compiled model's graph would not call the hooks
+        with torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext():
             yield seen
     finally:
         for h in handles:
