@@ -139,8 +139,8 @@ def _compile(cxx: str, source: str, defines: tuple[str, ...], path: Path) -> Non
 # the outputs and calls each kernel through one dict lookup (benchmarks/rational_kernels.py, per call).
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32  # fp16/bf16 compute in fp32
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _coefficients(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -148,25 +148,27 @@ def _coefficients(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype and t.is_contiguous() else t.detach().to(dtype).contiguous()
 
 
+def _prepare(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor):
+    """x in its compute dtype (fp16/bf16 compute in fp32) and a dense layout, the coefficients in the
+    same dtype (the parameters themselves where they already are)."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return dense(_as(x, dtype)), _coefficients(numerator, dtype), _coefficients(denominator, dtype)
+
+
 def forward(x: torch.Tensor, numerator, denominator, version: str) -> torch.Tensor:
-    dtype = _compute_dtype(x)
-    xc = dense(x if x.dtype == dtype else x.to(dtype))
-    a, b = _coefficients(numerator, dtype), _coefficients(denominator, dtype)
+    xc, a, b = _prepare(x, numerator, denominator)
     y = torch.empty_like(xc)
-    library(degrees_of(a, b, version), version)["forward", dtype](xc.data_ptr(), y.data_ptr(), xc.numel(), a.data_ptr(), b.data_ptr())
-    return y if y.dtype == x.dtype else y.to(x.dtype)
+    library(degrees_of(a, b, version), version)["forward", xc.dtype](xc.data_ptr(), y.data_ptr(), xc.numel(), a.data_ptr(), b.data_ptr())
+    return _as(y, x.dtype)
 
 
 def backward(grad: torch.Tensor, x: torch.Tensor, numerator, denominator, version: str):
     """(dx, d numerator, d denominator): the kernel sums the coefficient gradients in double and
     writes them in the compute dtype."""
-    dtype = _compute_dtype(x)
-    xc = dense(x if x.dtype == dtype else x.to(dtype))
-    a, b = _coefficients(numerator, dtype), _coefficients(denominator, dtype)
-    g = like(grad if grad.dtype == dtype else grad.to(dtype), xc)
+    xc, a, b = _prepare(x, numerator, denominator)
+    g = like(_as(grad, xc.dtype), xc)
     dx = torch.empty_like(xc)
-    grad_num, grad_den = torch.empty(a.numel(), dtype=dtype), torch.empty(b.numel(), dtype=dtype)
-    library(degrees_of(a, b, version), version)["backward", dtype](
+    grad_num, grad_den = torch.empty(a.numel(), dtype=xc.dtype), torch.empty(b.numel(), dtype=xc.dtype)
+    library(degrees_of(a, b, version), version)["backward", xc.dtype](
         xc.data_ptr(), g.data_ptr(), dx.data_ptr(), xc.numel(), a.data_ptr(), b.data_ptr(), grad_num.data_ptr(), grad_den.data_ptr())
-    return (dx if dx.dtype == x.dtype else dx.to(x.dtype), grad_num if grad_num.dtype == numerator.dtype else grad_num.to(numerator.dtype),
-            grad_den if grad_den.dtype == denominator.dtype else grad_den.to(denominator.dtype))
+    return _as(dx, x.dtype), _as(grad_num, numerator.dtype), _as(grad_den, denominator.dtype)
