@@ -87,6 +87,8 @@ def paper_tables() -> str:
     out = io.StringIO()
     out.write("| table | search space | experiment | trials | run, then report |\n|---|---|---|---|---|\n")
     for name in bundled():
+        if name.startswith("examples/"):  # variants of the tables (e.g. compiled): the tables themselves are listed
+            continue
         for sweep in load(name):
             paper = sweep.report.get("paper")
             if paper:
@@ -127,6 +129,8 @@ def report_examples() -> str:
 
     out = io.StringIO()
     for name in bundled():
+        if name.startswith("examples/"):
+            continue
         for space in load(name):
             if not space.report.get("paper"):
                 continue

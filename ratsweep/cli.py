@@ -173,8 +173,14 @@ def sync(args: argparse.Namespace) -> int:
 
 def validate(args: argparse.Namespace) -> int:
     """Check a search space without running it: exit 0 if valid, 2 (with the reason) if not."""
-    for space in _load(args):
-        print(f"{space.path}: {space.name}: ok ({space.experiment}, {_trial_count(space)})")
+    import yaml
+
+    spaces = _load(args)
+    for i, space in enumerate(spaces):
+        if args.show:  # the space as it runs: its `extends:` base merged in (--set and --smoke apply on top)
+            print(("---\n" if i else "") + yaml.safe_dump(space.document, sort_keys=False, default_flow_style=None), end="")
+        else:
+            print(f"{space.path}: {space.name}: ok ({space.experiment}, {_trial_count(space)})")
     return 0
 
 
@@ -202,8 +208,10 @@ def list_plugins(args: argparse.Namespace) -> int:
     print("datasets (ratsweep data NAME --dir DIR):")
     _print_datasets()
     print("search spaces:")
-    for name, path in bundled().items():
-        print(f"  {name:<20} {path}")
+    spaces = bundled()
+    width = max(map(len, spaces), default=20)
+    for name, path in spaces.items():
+        print(f"  {name:<{width}} {path}")
     for error in registry.load_errors:
         print(f"plugin failed to load: {error}")
     return 0
@@ -223,7 +231,9 @@ def describe(args: argparse.Namespace) -> int:
     if exp.datasets:
         print("datasets: " + ", ".join(exp.datasets) + "  (ratsweep data NAME --dir DIR)")
     if exp.family:
-        print(f"models:   {', '.join(registry.architectures(exp.family))}  (architectures of family {exp.family!r})")
+        library = "swap.from" in config.keys(exp.config)  # the image experiments build timm/torchvision models by name
+        print(f"models:   {', '.join(registry.architectures(exp.family))}  (architectures of family {exp.family!r})"
+              + ("; or timm:NAME, torchvision:NAME (any model those build)" if library else ""))
     if exp.smoke:
         print("--smoke:  " + ", ".join(f"{k}={v}" for k, v in exp.smoke.items()))
     rows = [("key", "expects", "default", "applies when", "meaning")]
@@ -442,6 +452,7 @@ def build_parser() -> OneLineParser:
                              "as bars beside the paper's numbers, learning curves and learned-activation plots")
     sub = command(validate)
     sub.add_argument("space")
+    sub.add_argument("--show", action="store_true", help="print the space as it runs, its extends: base merged in")
     sub.add_argument("--set", action="append", metavar="KEY=VALUE")
     sub.add_argument("--max-trials", type=_positive, help=f"allow more than {MAX_TRIALS:,} trials")
     sub = command(data)

@@ -5,7 +5,10 @@ of dotted keys ("rational.degrees") or nested dicts, checking every value agains
 annotation (bool, int, float, str, Literal[...], tuple[int, ...], nested dataclass, X | None) and
 raising `ConfigError` naming the key and what was expected. A nested field whose metadata has
 `when=(key, value)` only applies when that key has that value (`rational.*` only matters for
-activation == "rational"); `active_keys` and `flatten` leave out the keys that do not apply.
+activation == "rational"), or, with `when=(key, condition)`, when `condition(value)` holds (a
+callable whose str() says what it tests); `active_keys` and `flatten` leave out the keys that do
+not apply. A field whose metadata has `key="from"` is addressed by that key (a Python keyword
+cannot be a field's name).
 """
 
 from __future__ import annotations
@@ -38,12 +41,24 @@ def check(ok: bool, key: str, expected: str, got: Any) -> None:
         raise ConfigError(key, f"expected {expected}, got {got!r}")
 
 
-def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _key(field: dataclasses.Field) -> str:
+    return field.metadata.get("key", field.name)
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+    """The init fields by config key."""
+    return {_key(f): f for f in dataclasses.fields(cls) if f.init}
+
+
+def _hints(cls) -> dict[str, Any]:
+    """The init fields' annotations by config key."""
+    hints = typing.get_type_hints(cls)
+    return {key: hints[f.name] for key, f in _fields(cls).items()}
+
+
+def _holds(condition, value) -> bool:
+    """Whether a `when` condition (a value, or a callable that tests one) holds for `value`."""
+    return condition(value) if callable(condition) else value == condition
 
 
 def annotation_of(cls, key: str):
@@ -244,9 +259,9 @@ def build(cls, values: Mapping[str, Any] | None = None, prefix: str = ""):
         if dataclasses.is_dataclass(annotation):
             if not isinstance(value, Mapping):
                 raise ConfigError(key, f"expected {describe(annotation)}, got {value!r}")
-            kwargs[name] = build(annotation, value, key + ".")
+            kwargs[fields[name].name] = build(annotation, value, key + ".")
         else:
-            kwargs[name] = coerce(annotation, value, key)
+            kwargs[fields[name].name] = coerce(annotation, value, key)
     try:
         return cls(**kwargs)
     except ConfigError as e:
@@ -265,7 +280,7 @@ def applies(cls, key: str, values: Mapping[str, Any]) -> bool:
     if when is not None:
         on_key, on_value = when
         current = values.get(on_key, _default(cls, on_key))
-        if current != on_value:
+        if not _holds(on_value, current):
             return False
     inner = {k.partition(".")[2]: v for k, v in values.items() if k.startswith(head + ".")}
     return applies(_hints(cls)[head], rest, inner)
@@ -305,7 +320,7 @@ def key_docs(cls, prefix: str = "", when: str = "") -> list[KeyDoc]:
 
 
 def _field_comments(cls) -> dict[str, str]:
-    """`name: type = default  # comment` lines of the class's source (and its dataclass bases'), by field name."""
+    """`name: type = default  # comment` lines of the class's source (and its dataclass bases'), by config key."""
     out: dict[str, str] = {}
     fields = _fields(cls)
     for klass in cls.__mro__:  # a subclass that changes a default keeps its base's comment unless it has its own
@@ -317,8 +332,9 @@ def _field_comments(cls) -> dict[str, str]:
             continue
         for line in source.splitlines():
             match = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
-            if match and match.group(1) in fields:
-                out.setdefault(match.group(1), match.group(2).strip())
+            key = next((k for k, f in fields.items() if f.name == (match and match.group(1))), None)
+            if key is not None:
+                out.setdefault(key, match.group(2).strip())
     return out
 
 
@@ -326,8 +342,8 @@ def flatten(config, prefix: str = "", root=None) -> dict[str, Any]:
     """The dotted keys and values of a config instance, leaving out the ones that do not apply."""
     root = config if root is None else root
     out: dict[str, Any] = {}
-    for name in _fields(type(config)):
-        value = getattr(config, name)
+    for name, field in _fields(type(config)).items():
+        value = getattr(config, field.name)
         if dataclasses.is_dataclass(value):
             out.update(flatten(value, f"{prefix}{name}.", root))
         else:

@@ -170,7 +170,7 @@ def test_cifar10_builds_leaky_relu_and_silu_in_place_as_the_authors_did():
 
 def test_lsuv_gets_the_first_64_images_of_the_first_augmented_batch(data_dir, monkeypatch):
     seen = []
-    monkeypatch.setattr(cifar10, "lsuv", lambda model, images: seen.append(images.clone()))
+    monkeypatch.setattr(cifar10, "lsuv", lambda model, images, activations: seen.append(images.clone()))
     cfg = config.build(cifar10.Cifar10Config, {"recipe": "augmented", "lsuv": True, "epochs": 1, "seed": 3})
     cifar10.run(cfg, LocalSession(data_dir=data_dir))
     (train_x, _), _ = cifar10.load(str(data_dir))

@@ -198,3 +198,83 @@ def test_registry_lists_builtins_and_rejects_unknown_names():
     assert {"digits_mlp", "digits_cnn"} <= set(registry.architectures("digits"))
     with pytest.raises(KeyError, match="did you mean 'digits'"):
         registry.get_experiment("digit")
+
+
+# ---- extends ----------------------------------------------------------------------------------
+
+
+def test_extends_overrides_and_adds_keys_of_a_bundled_space(tmp_path):
+    path = write(tmp_path, textwrap.dedent("""\
+        extends: cifar10_table1
+        name: table1_resnet
+        config: {model: timm:resnet10t, epochs: 2, rational: {degrees: [3, 2]}}
+        search_space:
+          activation: {grid: [relu, rational]}
+          swap.share: {grid: [layer, model]}
+        report: {paper: null, percent: false}
+        """))
+    [space] = load(str(path))
+    [base] = load("cifar10_table1")
+    assert space.name == "table1_resnet" and space.metric == base.metric and space.resources == base.resources
+    # config: the base's constants, overridden and added; a key made constant is no longer searched
+    assert space.config == {**base.config, "model": "timm:resnet10t", "epochs": 2, "rational.degrees": [3, 2]}
+    assert set(space.search_space) == {"activation", "rational.init", "seed", "swap.share"}
+    assert space.search_space["activation"].values == ("relu", "rational")
+    trials = space.trials()
+    assert len(trials) == 2 * 2 * 5 and all(t["rational.init"] == "leaky_relu" for t in trials if t["activation"] == "rational")
+    # report: merged key by key; null removes the base's paper table
+    assert "paper" not in space.report and space.report["percent"] is False and space.report["rows"] == ["model", "activation"]
+    assert "extends" not in space.document and space.document["name"] == "table1_resnet"
+
+
+def test_extends_applies_a_search_space_to_every_space_of_a_union(tmp_path):
+    write(tmp_path, HEADER + textwrap.dedent("""\
+        config: {steps: 5}
+        search_space:
+          - {activation: {grid: [relu]}, rational.degrees: {grid: [[3, 2]]}, seed: {grid: [0]}}
+          - {activation: {grid: [rational]}, rational.degrees: {grid: [[3, 2], [5, 4]]}, seed: {grid: [0]}}
+        """), "base.yaml")
+    child = write(tmp_path, "extends: base.yaml\nname: more_seeds\nsearch_space: {seed: {grid: [0, 1, 2]}}\nconfig: {steps: 7}\n",
+                  "child.yaml")
+    [space] = load(str(child))
+    assert len(space.parts) == 2 and all(part["seed"].values == (0, 1, 2) for part in space.parts)
+    assert space.config["steps"] == 7
+    assert len(space.trials()) == (1 + 2) * 3  # relu once per seed (degrees do not apply), rational x 2 degrees
+
+
+def test_extends_chains_resolve_relative_to_each_file(tmp_path):
+    (tmp_path / "a").mkdir()
+    write(tmp_path, HEADER + "config: {steps: 5}\nsearch_space: {activation: {grid: [relu, gelu]}}\n", "a/base.yaml")
+    write(tmp_path, "extends: base.yaml\nname: middle\nconfig: {steps: 6}\n", "a/middle.yaml")
+    top = write(tmp_path, "extends: a/middle.yaml\nname: top\nsearch_space: {activation: {grid: [rational]}}\n", "top.yaml")
+    [space] = load(str(top))
+    assert space.name == "top" and space.config["steps"] == 6 and space.search_space["activation"].values == ("rational",)
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("extends: cifar10_tabel1\nname: x\n", "extends: cifar10_tabel1: no such file, and unknown search space 'cifar10_tabel1' "
+                                           "(did you mean 'cifar10_table1'?)"),
+    ("extends: cifar10_table1\n", "name: an extending space needs a name of its own (the base's 'cifar10_table1'"),
+    ("extends: cifar10_table1\nname: cifar10_table1\n", "name: an extending space needs a name of its own"),
+    ("extends: space.yaml\nname: again\n", "extends: space.yaml extends this file again (a cycle)"),
+    ("extends: [cifar10_table1]\nname: x\n", "extends: expected a bundled space's name or a path to a YAML file"),
+    ("extends: quickstart\nname: x\n", "quickstart.yaml holds 2 sweeps (YAML documents); expected one"),
+])
+def test_extends_errors_are_one_line_naming_the_file(tmp_path, capsys, body, expected):
+    path = write(tmp_path, body)
+    code, err = validate(path, capsys)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"ratsweep validate: {path}: ") and expected in err, err
+
+
+def test_validate_show_prints_the_merged_space(tmp_path, capsys):
+    path = write(tmp_path, "extends: cifar10_table1\nname: mine\nconfig: {model: torchvision:resnet18}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["validate", str(path), "--show"])
+    assert exit_info.value.code == 0
+    import yaml
+
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["name"] == "mine" and shown["experiment"] == "cifar10" and "extends" not in shown
+    assert shown["config"]["model"] == "torchvision:resnet18" and "model" not in shown["search_space"]
+    assert shown["search_space"]["seed"] == {"grid": [0, 1, 2, 3, 4]}

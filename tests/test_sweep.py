@@ -565,6 +565,11 @@ def test_submit_stages_a_space_file_from_anywhere_and_runs_bundled_ones_by_name(
     assert stage_space("quickstart", package) == "quickstart" and (package / "search_spaces" / "quickstart.yaml").is_file()
     with pytest.raises(SpaceError, match="no such file"):
         stage_space(str(tmp_path / "missing.yaml"), package)
+    # a space extending a file beside it travels merged: the cluster has no copy of its base
+    (tmp_path / "elsewhere" / "more.yaml").write_text("extends: mine.yaml\nname: more\nconfig: {steps: 3}\n")
+    assert stage_space(str(tmp_path / "elsewhere" / "more.yaml"), package) == "submitted_more"
+    [staged] = load(str(package / "search_spaces" / "submitted_more.yaml"))
+    assert staged.name == "more" and staged.config["steps"] == 3 and set(staged.search_space) == {"activation"}
 
 
 def test_the_job_entrypoint_imports_the_staged_package_whatever_the_working_dir_holds(tmp_path):

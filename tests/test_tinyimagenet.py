@@ -67,12 +67,12 @@ def test_models_are_timms_with_every_gelu_swapped(model):
 
 
 def test_the_norm_free_vit_has_no_layernorm_in_its_blocks_nor_in_its_ema():
-    model, ema = ti.build(make(model="vit", activation="rational", no_norm=True), torch.device("cpu"))
+    model, ema, _ = ti.build(make(model="vit", activation="rational", no_norm=True), torch.device("cpu"))
     for network in (model, ema.module):
         assert not any(isinstance(m, nn.LayerNorm) for m in network.blocks.modules())
         assert isinstance(network.norm, nn.LayerNorm)  # the final norm is not a block's
         assert all(isinstance(block.norm1, nn.Identity) and isinstance(block.norm2, nn.Identity) for block in network.blocks)
-    kept, _ = ti.build(make(model="vit"), torch.device("cpu"))
+    kept, _, _ = ti.build(make(model="vit"), torch.device("cpu"))
     assert sum(isinstance(m, nn.LayerNorm) for m in kept.blocks.modules()) == 24
     with pytest.raises(cfg.ConfigError, match="no_norm: model 'flat' has no blocks"):
         registry._architectures["flat"] = registry.Architecture("flat", lambda activation, **_: nn.Linear(1, 1), ti.FAMILY, "", __name__)
@@ -83,7 +83,7 @@ def test_the_norm_free_vit_has_no_layernorm_in_its_blocks_nor_in_its_ema():
 
 
 def test_ema_averages_every_state_entry_every_step():
-    model, ema = ti.build(make(model="swin", ema_decay=0.9), torch.device("cpu"))
+    model, ema, _ = ti.build(make(model="swin", ema_decay=0.9), torch.device("cpu"))
     before = {k: v.clone() for k, v in ema.module.state_dict().items()}
     with torch.no_grad():
         for p in model.parameters():
@@ -102,7 +102,7 @@ def test_weight_decay_groups_follow_the_authors_rule():
         ("cait", ("pos_embed", "cls_token"), ("blocks.0.gamma_1", "blocks_token_only.0.norm1.weight")),
         ("swin", ("layers.0.blocks.0.attn.relative_position_bias_table",), ("layers.1.downsample.norm.weight", "norm.bias")),
     ]:
-        model, _ = ti.build(make(model=model_name, activation="rational"), torch.device("cpu"))
+        model, _, _ = ti.build(make(model=model_name, activation="rational"), torch.device("cpu"))
         groups = {g["name"]: g for g in ti.param_groups(model, 5e-4, 4.0, 0.05)}
         names = {id(p): n for n, p in model.named_parameters()}
         members = {name: {names[id(p)] for p in g["params"]} for name, g in groups.items()}
@@ -331,3 +331,18 @@ def test_smoke_sweep_lands_ema_top1_num_params_and_plots_in_mlflow(data_dir, tmp
     out = ratsweep(tmp_path, "report", "tin_smoke", "--include-smoke").stdout
     assert "| vit |" in out, out
     assert os.path.isdir(data_dir / ti.FOLDER / ti.CACHE)  # decoded beside the data, once for both trials
+
+
+def test_a_timm_model_by_name_runs_the_recipe_with_its_swap_logged(data_dir):
+    """model: timm:NAME at 64 px with 200 classes and the recipe's drop path; its GELUs become
+    rationals fitted to GELU, with the lr multiplier of an unlisted model (1)."""
+    config = make(model="timm:vit_tiny_patch16_224", activation="rational", epochs=1, batch_size=4, steps_per_epoch=1, workers=0)
+    assert config.rational.init == "replaced" and config.rational.lr_mult == ti.OTHER_LR_MULT
+    session = LocalSession(smoke=True, data_dir=data_dir)
+    final = ti.run(config, session)
+    assert session.params["swapped.torch.GELU"] == 12
+    import timm
+
+    reference = timm.create_model("vit_tiny_patch16_224", num_classes=200, img_size=64, drop_path_rate=0.1)
+    assert session.params["num_params"] == count_params(reference) + 12 * COEFFICIENTS_PER_RATIONAL
+    assert 0 <= final["ema_top1"] <= 1

@@ -27,17 +27,15 @@ from torch import nn
 from ..config import check
 from ..rational import capture_inputs
 from ..registry import create_model, register_architecture, register_dataset, register_experiment
+from . import library_models
 from .common import (
     FIXED_ACTIVATIONS,
-    Activation,
     DataError,
     Normalize,
     Rational,
-    RationalConfig,
     Session,
     activation_factory,
     check_finite,
-    check_model,
     check_seed,
     checkpoint,
     evaluate_classifier,
@@ -52,6 +50,7 @@ from .common import (
     save_learning_curve,
     seed_everything,
 )
+from .library_models import ImageActivation, ImageRationalConfig, SwapConfig, is_library_model, swap_field
 
 FOLDER = "cifar-10-batches-py"  # torchvision's on-disk format: pickled batches of 10,000 images
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -95,10 +94,11 @@ RECIPES = {
 
 @dataclass
 class Cifar10Config:
-    model: str = "vgg4"  # vgg4 | vgg8, or any registered architecture of family "cifar"
+    model: str = "vgg4"  # vgg4 | vgg8, any registered architecture of family "cifar", or timm:NAME / torchvision:NAME
     recipe: Literal["baseline", "augmented"] = "baseline"  # the paper's two training pipelines (RECIPES)
-    activation: Activation = "relu"  # after every conv
-    rational: RationalConfig = rational_field()  # degrees/version/init/lr_mult, when activation is rational
+    activation: ImageActivation = "relu"  # after every conv (VGG); for timm:/torchvision: models what replaces swap.from, native: theirs
+    rational: ImageRationalConfig = rational_field(ImageRationalConfig)  # degrees/version/init/lr_mult, when activation is rational; init null: leaky_relu (VGG)
+    swap: SwapConfig = swap_field()  # for timm:/torchvision: models: which activation modules are replaced
     lsuv: bool = False  # LSUV init as the authors ran it (see lsuv) instead of PyTorch's default
     norm: Literal["none", "group"] = "none"  # GroupNorm after each conv, before the activation
     epochs: int = 60
@@ -111,7 +111,9 @@ class Cifar10Config:
     def __post_init__(self):
         check_seed(self.seed)
         self.rational.default_lr_mult(RECIPES[self.recipe].rational_lr_mult)
-        check_model(self.model, FAMILY)
+        library_models.check_config(self.model, FAMILY, self.activation, self.rational, paper_init="leaky_relu")
+        check(self.norm == "none" or not is_library_model(self.model), "norm",
+              "none for a timm:/torchvision: model (it keeps its own norms; group applies to VGG)", self.norm)
         check(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
         check(self.batch_size >= 2, "batch_size", "an integer >= 2", self.batch_size)
         check(self.lr > 0, "lr", "a number > 0", self.lr)
@@ -125,6 +127,21 @@ def cifar_activation(config: Cifar10Config) -> Callable[[], nn.Module]:
     if config.activation in INPLACE_ACTIVATIONS:
         return partial(FIXED_ACTIVATIONS[config.activation], inplace=True)
     return activation_factory(config.activation, config.rational)
+
+
+def build_model(config: Cifar10Config, dropout: float) -> tuple[nn.Module, dict[str, int]]:
+    """(the model, params to log): a registered architecture built with the configured activation,
+    or a timm:/torchvision: model for 32 px images with its activations swapped (params: the
+    library's version and the swap counts)."""
+    if not is_library_model(config.model):
+        return create_model(config.model, cifar_activation(config), num_classes=NUM_CLASSES, norm=config.norm, dropout=dropout), {}
+    # classifier dropout where the builder takes it: timm's drop_rate, torchvision's dropout
+    model = library_models.build(config.model, NUM_CLASSES, img_size=32, image_size=32, drop_rate=dropout, dropout=dropout)
+    params = library_models.version(config.model)
+    if config.activation != "native":
+        params |= library_models.swap(model, config.model, config.activation, config.rational, config.swap,
+                                      sample=torch.randn(2, 3, 32, 32))
+    return model, params
 
 
 def group_count(channels: int, target: int = GROUPS) -> int:
@@ -184,7 +201,8 @@ def recorded(model: nn.Module, images: torch.Tensor, modules: list[nn.Module]) -
     return outputs
 
 
-def lsuv(model: nn.Module, images: torch.Tensor, target_var: float = 0.125, tol: float = 0.1, max_rounds: int = 10) -> list[int]:
+def lsuv(model: nn.Module, images: torch.Tensor, activations: tuple[type[nn.Module], ...] = ACTIVATION_MODULES,
+         target_var: float = 0.125, tol: float = 0.1, max_rounds: int = 10) -> list[int]:
     """Layer-sequential unit-variance init as the authors' `lsuv_init` ran it (SPEC section 3; the
     paper itself only names the toggle). Eval mode, fp32, no orthogonal pre-init. One recorded forward
     gives the execution order of the Conv/Linear and activation modules; then for each Conv/Linear in
@@ -200,15 +218,17 @@ def lsuv(model: nn.Module, images: torch.Tensor, target_var: float = 0.125, tol:
     activations (the authors' LeakyReLU and SiLU, see INPLACE_ACTIVATIONS) overwrite the recorded conv
     output, so without GroupNorm their mean is the post-activation one, again as in the authors' runs.
 
+    `activations`: the module classes that count as activations.
+
     Returns how many times each layer's weight was rescaled."""
-    kinds = (nn.Conv2d, nn.Linear, *ACTIVATION_MODULES)
+    kinds = (nn.Conv2d, nn.Linear, *activations)
     rescaled = []
     with evaluating(model):
         order = list(recorded(model, images, [m for m in model.modules() if isinstance(m, kinds)]))
         for position, layer in enumerate(order):
             if not isinstance(layer, (nn.Conv2d, nn.Linear)):
                 continue
-            following = [m for m in order[position + 1:] if isinstance(m, ACTIVATION_MODULES)]
+            following = [m for m in order[position + 1:] if isinstance(m, activations)]
             count = 0
             for _ in range(max_rounds):
                 outputs = recorded(model, images, [layer, *following])
@@ -333,15 +353,17 @@ def run(config: Cifar10Config, session: Session) -> dict[str, float]:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and config.amp)
 
     generator = seed_everything(config.seed)
-    model = create_model(config.model, cifar_activation(config), num_classes=NUM_CLASSES, norm=config.norm,
-                         dropout=recipe.dropout)
+    model, params = build_model(config, recipe.dropout)
     model.to(device, memory_format=memory_format)
-    session.log_params(num_params=num_params(model))
+    session.log_params(num_params=num_params(model), **params)
     if config.lsuv and session.restored is None:
         # the authors' first batch of a fresh pass over the (augmented) training data, its first 64 images
         order, offsets, flips = epoch_plan(len(train_y), generator, device)
         first = order[:min(LSUV_IMAGES, config.batch_size)]
-        lsuv(model, train_images(train_x, first, offsets, flips, recipe.augment, normalize, memory_format))
+        activations = ACTIVATION_MODULES
+        if is_library_model(config.model):  # their own activation classes too (native, or left by swap.skip)
+            activations += tuple(c for classes in library_models.activation_classes().values() for c in classes)
+        lsuv(model, train_images(train_x, first, offsets, flips, recipe.augment, normalize, memory_format), activations)
     if config.compile:  # after LSUV, whose hooks need the eager model; in place, so state_dicts keep their keys
         model.compile(fullgraph=True)
     optimizer = torch.optim.SGD(

@@ -93,6 +93,11 @@ class RationalConfig:
         if self.lr_mult is None:
             self.lr_mult = value
 
+    def default_init(self, value: str) -> None:
+        """For subclasses whose init may be null (the experiment's default): `value` unless init was given."""
+        if self.init is None:
+            self.init = value
+
 
 def rational_field(config_class: type[RationalConfig] = RationalConfig) -> Any:
     """A config's `rational` field: applies only when the config's activation is "rational".
@@ -101,15 +106,16 @@ def rational_field(config_class: type[RationalConfig] = RationalConfig) -> Any:
     return field(default_factory=config_class, metadata={"when": ("activation", "rational")})
 
 
-def check_model(model: str, family: str) -> None:
+def check_model(model: str, family: str, also: str = "") -> None:
     """A config's `model` names an architecture registered with this family (ConfigError with a
-    did-you-mean otherwise): for experiments whose models come from the registry."""
+    did-you-mean otherwise): for experiments whose models come from the registry. `also`: the
+    other forms the key takes, for the message."""
     from ..registry import architectures, did_you_mean  # noqa: PLC0415  (registry loads plugins on first use)
 
     known = list(architectures(family))
     if model not in known:
-        raise ConfigError("model", f"expected one of {', '.join(known)} (architectures of family {family!r}), "
-                                   f"got {model!r}{did_you_mean(model, known)}")
+        raise ConfigError("model", f"expected one of {', '.join(known)} (architectures of family {family!r})"
+                                   f"{', or ' + also if also else ''}, got {model!r}{did_you_mean(model, known)}")
 
 
 def activation_factory(activation: str, rational: RationalConfig) -> Callable[[], nn.Module]:

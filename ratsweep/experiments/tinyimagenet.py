@@ -34,17 +34,14 @@ from ..config import check
 from ..errors import ConfigError
 from ..rational import capture_inputs
 from ..registry import create_model, register_architecture, register_dataset, register_experiment
+from . import library_models
 from .common import (
-    Activation,
     DataError,
     Normalize,
     Rational,
-    RationalConfig,
-    RationalInit,
     Session,
     activation_factory,
     check_finite,
-    check_model,
     check_seed,
     checkpoint,
     evaluate_classifier,
@@ -60,6 +57,7 @@ from .common import (
     save_learning_curve,
     seed_everything,
 )
+from .library_models import ImageActivation, ImageRationalConfig, SwapConfig, is_library_model, swap_field
 
 FAMILY = "tinyimagenet"  # the architectures `model` can name
 FOLDER = "tiny-imagenet-200"
@@ -79,17 +77,11 @@ MAX_WORKERS = 16
 
 
 @dataclass
-class TransformerRationalConfig(RationalConfig):
-    """The paper's Tiny ImageNet rationals start as GELU; lr_mult defaults per model (RATIONAL_LR_MULT)."""
-
-    init: RationalInit = "gelu"
-
-
-@dataclass
 class TinyImageNetConfig:
-    model: str = "vit"  # vit | cait | swin, or any registered architecture of family "tinyimagenet"
-    activation: Activation = "gelu"  # replaces every GELU of the model
-    rational: TransformerRationalConfig = rational_field(TransformerRationalConfig)  # lr_mult null: cait 2, vit 4, swin 8 (Table 5)
+    model: str = "vit"  # vit | cait | swin, any registered architecture of family "tinyimagenet", or timm:NAME / torchvision:NAME
+    activation: ImageActivation = "gelu"  # replaces every GELU of the model (timm:/torchvision: models: what swap.from names; native: theirs)
+    rational: ImageRationalConfig = rational_field(ImageRationalConfig)  # init null: gelu (the paper's models); lr_mult null: cait 2, vit 4, swin 8 (Table 5)
+    swap: SwapConfig = swap_field()  # for timm:/torchvision: models: which activation modules are replaced
     no_norm: bool = False  # every block's norm1/norm2 becomes a pass-through (the "ViT no norm" row)
     rational_no_norm: bool = False  # true: the authors' committed flag, every rational run norm-free (recorded no_norm true); false: Table 5's reading
     epochs: int = 100
@@ -123,7 +115,7 @@ class TinyImageNetConfig:
 
     def __post_init__(self):
         check_seed(self.seed)
-        check_model(self.model, FAMILY)
+        library_models.check_config(self.model, FAMILY, self.activation, self.rational, paper_init="gelu")
         self.rational.default_lr_mult(RATIONAL_LR_MULT.get(self.model, OTHER_LR_MULT))
         self.no_norm |= self.rational_no_norm and self.activation == "rational"
         if self.lr is None:
@@ -441,17 +433,27 @@ def mixer(config: TinyImageNetConfig):
 # ---- the experiment ---------------------------------------------------------------------------
 
 
-def build(config: TinyImageNetConfig, device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """(model, EMA) as the authors made them: the swapped model, its norms removed when no_norm,
-    then the EMA as a copy of it (timm ModelEmaV3, no warmup)."""
+def build(config: TinyImageNetConfig, device: torch.device) -> tuple[nn.Module, nn.Module, dict[str, int | str]]:
+    """(model, EMA, params to log: library versions, swap counts) as the authors made them: the swapped model, its norms
+    removed when no_norm, then the EMA as a copy of it (timm ModelEmaV3, no warmup). A timm:/
+    torchvision: model is built the same way (64 px and drop path where its builder takes them)."""
     from timm.utils import ModelEmaV3  # noqa: PLC0415
 
-    model = create_model(config.model, activation_factory(config.activation, config.rational), num_classes=NUM_CLASSES,
-                         img_size=IMAGE_SIZE, drop_path_rate=config.drop_path)
+    params = {"timm_version": timm_version()}
+    if is_library_model(config.model):
+        model = library_models.build(config.model, NUM_CLASSES, img_size=IMAGE_SIZE, image_size=IMAGE_SIZE,
+                                     drop_path_rate=config.drop_path)
+        params |= library_models.version(config.model)
+        if config.activation != "native":
+            params |= library_models.swap(model, config.model, config.activation, config.rational, config.swap,
+                                          sample=torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE))
+    else:
+        model = create_model(config.model, activation_factory(config.activation, config.rational), num_classes=NUM_CLASSES,
+                             img_size=IMAGE_SIZE, drop_path_rate=config.drop_path)
     if config.no_norm and not remove_block_norms(model):
         raise ConfigError("no_norm", f"model {config.model!r} has no blocks with norm1/norm2 to remove")
     model.to(device)
-    return model, ModelEmaV3(model, decay=config.ema_decay)
+    return model, ModelEmaV3(model, decay=config.ema_decay), params
 
 
 @register_experiment("tinyimagenet", config=TinyImageNetConfig, datasets=("tinyimagenet",),
@@ -477,8 +479,8 @@ def run(config: TinyImageNetConfig, session: Session) -> dict[str, float]:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and config.amp)
 
     generator = seed_everything(config.seed)
-    model, ema = build(config, device)
-    session.log_params(num_params=num_params(model), timm_version=timm_version())
+    model, ema, params = build(config, device)
+    session.log_params(num_params=num_params(model), **params)
     loader = train_loader(cache, config, pin_memory=cuda)
     steps_per_epoch = len(loader.batch_sampler)
     total_steps, warmup_steps = config.epochs * steps_per_epoch, round(config.warmup_epochs * steps_per_epoch)

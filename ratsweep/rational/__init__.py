@@ -7,7 +7,7 @@ from .fits import TARGETS, fit_rational
 from .functional import BACKENDS, rational, resolve_backend
 from .module import VERSIONS, Rational
 from .plot import capture_inputs, plot_rational
-from .swap import DEFAULT_ACTIVATIONS, rational_param_groups, replace_activations
+from .swap import DEFAULT_ACTIVATIONS, activation_calls, count_activations, rational_param_groups, replace_activations
 
 __all__ = [
     "BACKENDS",
@@ -15,7 +15,9 @@ __all__ = [
     "TARGETS",
     "VERSIONS",
     "Rational",
+    "activation_calls",
     "capture_inputs",
+    "count_activations",
     "fit_rational",
     "plot_rational",
     "rational",

@@ -46,6 +46,9 @@ SEARCH_ALGS = {
 MAX_TRIALS = 10_000
 TOP_LEVEL = {
     "version": "optional; the schema version, 1",
+    "extends": "optional; a bundled space's name or a path (relative to this file): that space with this document's keys "
+               "added or overriding (mappings merged key by key, a search_space mapping applied to each space of a union, "
+               "null removes a key); a key set in config leaves the base's search_space and vice versa; needs its own name",
     "name": "required; the MLflow experiment and the results folder's prefix: letters, digits, _ - . (at most 100)",
     "experiment": "required; a registered experiment (ratsweep list)",
     "metric": "required; {name: a metric the experiment reports, mode: min | max}",
@@ -250,7 +253,11 @@ def bundled_dir() -> Path:
 
 
 def bundled() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(bundled_dir().glob("*.yaml"))}
+    """The bundled spaces by name: the paper's tables and the quickstart by file name, then the
+    examples as examples/NAME."""
+    folder = bundled_dir()
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))} | \
+        {f"examples/{p.stem}": p for p in sorted(folder.glob("examples/*.yaml"))}
 
 
 def resolve(space: str) -> Path:
@@ -265,11 +272,8 @@ def resolve(space: str) -> Path:
     raise SpaceError(f"{space}: no such file, and {hint}")
 
 
-def load(space: str, overrides: dict[str, Any] | None = None, smoke: bool = False, max_trials: int | None = None) -> list[Space]:
-    """Every sweep in the file (path or bundled name), validated; overrides ("--set") apply to each,
-    after the experiment's registered smoke values when `smoke`; more than `max_trials` trials
-    (default MAX_TRIALS) is an error."""
-    path = resolve(space)
+def documents_of(path: Path) -> list:
+    """The YAML documents of a space file (empty ones left out), or SpaceError naming the file."""
     try:
         documents = [d for d in cfg.yaml_load_all(path.read_text(encoding="utf-8")) if d is not None]
     except UnicodeDecodeError as e:
@@ -280,13 +284,81 @@ def load(space: str, overrides: dict[str, Any] | None = None, smoke: bool = Fals
         raise SpaceError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     if not documents:
         raise SpaceError(f"{path}: empty file; expected a search space (see docs/search-spaces.md)")
+    return documents
+
+
+def _merge(base: Any, update: Any) -> Any:
+    """`update` over `base`: mappings merged key by key (recursively), a null value removing its key;
+    anything else replaced."""
+    if not (isinstance(base, dict) and isinstance(update, dict)):
+        return update
+    merged = dict(base)
+    for key, value in update.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = _merge(merged[key], value) if key in merged else value
+    return merged
+
+
+def extended(path: Path, doc: Any, seen: tuple[Path, ...] = ()) -> Any:
+    """The document with the space its `extends:` names merged under it (recursively), as TOP_LEVEL
+    says; a document without `extends` as it is."""
+    if not isinstance(doc, dict) or "extends" not in doc:
+        return doc
+    from .schema import _flat  # noqa: PLC0415  (schema reads Space and Domain from here)
+
+    ref = doc["extends"]
+    if not isinstance(ref, str) or not ref:
+        raise SpaceError(f"{path}: extends: expected a bundled space's name or a path to a YAML file, got {ref!r}")
+    local = path.parent / ref
+    try:
+        base_path = local if local.is_file() else resolve(ref)
+    except SpaceError as e:
+        raise SpaceError(f"{path}: extends: {e}") from None
+    if base_path.resolve() in seen + (path.resolve(),):
+        raise SpaceError(f"{path}: extends: {ref} extends this file again (a cycle)")
+    documents = documents_of(base_path)
+    if len(documents) != 1:
+        raise SpaceError(f"{path}: extends: {base_path} holds {len(documents)} sweeps (YAML documents); expected one")
+    base = extended(base_path, documents[0], seen + (path.resolve(),))
+    if not isinstance(base, dict):
+        raise SpaceError(f"{path}: extends: {base_path} is not a search space (a mapping of keys)")
+    update = {k: v for k, v in doc.items() if k != "extends"}
+    if not update.get("name") or update["name"] == base.get("name"):
+        raise SpaceError(f"{path}: name: an extending space needs a name of its own (the base's "
+                         f"{base.get('name')!r} would put both sweeps' runs under one name)")
+    config, searched = update.pop("config", {}), update.pop("search_space", {})
+    base_config, base_searched = base.get("config") or {}, base.get("search_space") or {}
+    if not all(isinstance(v, dict) for v in (config or {}, base_config)) or not isinstance(searched or {}, (dict, list)):
+        return {**base, **doc}  # not mappings: parse says what it expected
+    config = {} if config is None else _flat(config)  # dotted, so rational: {degrees: ...} overrides rational.degrees
+    merged = _merge({k: v for k, v in base.items() if k not in ("config", "search_space")}, update)
+    merged["config"] = _merge({k: v for k, v in _flat(base_config).items() if k not in (searched or {})}, config)
+    if doc.get("config", {}) is None:  # config: null drops the base's constants
+        merged["config"] = {k: v for k, v in merged["config"].items() if k not in _flat(base_config)}
+    if isinstance(searched, list) or searched is None:
+        merged["search_space"] = searched or {}
+    else:  # added or overridden in every space of a union; a key made constant in config no longer searched
+        parts = [_merge({k: v for k, v in part.items() if k not in config}, searched) if isinstance(part, dict) else part
+                 for part in (base_searched if isinstance(base_searched, list) else [base_searched])]
+        merged["search_space"] = parts if isinstance(base_searched, list) else parts[0]
+    return merged
+
+
+def load(space: str, overrides: dict[str, Any] | None = None, smoke: bool = False, max_trials: int | None = None) -> list[Space]:
+    """Every sweep in the file (path or bundled name), validated; overrides ("--set") apply to each,
+    after the experiment's registered smoke values when `smoke`; more than `max_trials` trials
+    (default MAX_TRIALS) is an error."""
+    path = resolve(space)
+    documents = documents_of(path)
     from .schema import Errors, parse  # noqa: PLC0415  (it reads Space and Domain from here)
 
     errors, spaces = Errors(), []
     limit = max_trials or MAX_TRIALS
     for doc in documents:  # every document's mistakes, not just the first one's
         with errors.check():
-            space = parse(path, doc, overrides or {}, smoke)
+            space = parse(path, extended(path, doc), overrides or {}, smoke)
             bound = space.trial_bound()
             if bound > limit:
                 raise SpaceError(f"{path}: {space.name}: up to {bound:,} trials, more than the limit of {limit:,}; "

@@ -15,9 +15,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from ..rational._native import kernels_dir
 from ..errors import UserError
-from .space import bundled_dir, resolve
+from .space import bundled_dir, documents_of, extended, resolve
 from .tracking import sqlite_file
 
 EXCLUDES = [".git", ".venv", "venv", "mlruns*", "ratsweep_results", "data", "__pycache__", "*.pyc"]
@@ -56,12 +58,17 @@ SUBMITTED = "submitted_"  # a user's search-space file travels in the staged pac
 
 def stage_space(space: str, package: Path) -> str:
     """What the job runs: a bundled space by name, or the user's file (from anywhere) copied into
-    the staged package's search spaces, run by its name there."""
+    the staged package's search spaces, run by its name there (with its `extends:` bases merged in)."""
     path = resolve(space)
     if path != Path(space):  # a bundled name
         return space
     name = f"{SUBMITTED}{path.stem}"
-    shutil.copyfile(path, package / "search_spaces" / f"{name}.yaml")
+    target = package / "search_spaces" / f"{name}.yaml"
+    documents = documents_of(path)
+    if any(isinstance(d, dict) and "extends" in d for d in documents):  # its base may be a file the cluster lacks
+        target.write_text(yaml.safe_dump_all([extended(path, d) for d in documents], sort_keys=False))
+    else:
+        shutil.copyfile(path, target)
     return name
 
 

@@ -26,7 +26,7 @@ from ray import tune
 
 import ratsweep
 
-from ..errors import DataError, Diverged, MissingMetric
+from ..errors import ConfigError, DataError, Diverged, MissingMetric
 from ..rational import cuda, functional
 from . import names
 from .space import Space
@@ -199,7 +199,7 @@ def make_trainable(space: Space, smoke: bool, data_dir: str, flush_denormal: boo
             try:
                 experiment.run(config, session)
                 session.flush_artifacts()
-            except (Diverged, DataError, MissingMetric) as e:
+            except (Diverged, DataError, MissingMetric, ConfigError) as e:  # e.g. a model with nothing to swap
                 # Deterministic: a retry would fail the same way. Record why and end the trial normally.
                 metrics = {**session.last_metrics, space.metric: float("nan")}
                 session.report(metrics, failure=f"diverged: {e}" if isinstance(e, Diverged) else str(e))
