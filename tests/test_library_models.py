@@ -210,17 +210,19 @@ def test_a_torchvision_model_trains_with_lsuv_and_logs_its_swap(data_dir):
 
 
 def test_a_sweep_of_timm_and_torchvision_models_logs_swaps_and_fails_what_cannot_swap(data_dir, tmp_path):
-    """The bundled example, extended (a space of one's own in five lines) with a torchvision model
-    and a functional-activation model; --smoke on synthetic data."""
+    """The bundled example (its two timm ResNets, ReLU against rational), extended (a space of one's
+    own in three lines) with a torchvision model and a functional-activation model; --smoke on
+    synthetic data, one seed."""
     space = tmp_path / "mine.yaml"
     space.write_text("extends: examples/cifar10_timm_resnets\nname: mine\n"
-                     "search_space: {model: {grid: [timm:resnet10t, torchvision:resnet18, torchvision:googlenet]}}\n")
+                     "search_space: {model: {grid: [timm:resnet10t, timm:resnet18, torchvision:resnet18, torchvision:googlenet]}}\n")
     proc = ratsweep(tmp_path, "run", str(space), "--smoke", "--set", "seed=0", "--data-dir", str(data_dir), timeout=900, check=False)
     assert proc.returncode == 3, proc.stderr[-3000:]  # the sweep ran; some trials failed
     runs, _ = trial_runs(mlflow_client(tmp_path), "mine")
     by_config = {(r.data.params["model"], r.data.params["activation"]): r for r in runs}
-    assert len(by_config) == 6
+    assert len(by_config) == 8
     for activation in ("relu", "rational"):
+        assert by_config["timm:resnet18", activation].data.params["swapped.torch.ReLU"] == "17"
         assert by_config["torchvision:resnet18", activation].data.params["swapped.torch.ReLU"] == "9"
         assert int(by_config["timm:resnet10t", activation].data.params["swapped.torch.ReLU"]) > 0
         assert by_config["timm:resnet10t", activation].info.status == "FINISHED"
