@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -80,15 +81,17 @@ def _load(args: argparse.Namespace):
 
 
 def _resume_command(args: argparse.Namespace) -> str:
-    """The command the user ran, with --resume: how an interrupted sweep continues."""
+    """The command the user ran, with --resume: how an interrupted sweep continues (printed, so any
+    password in a URI is masked: MLFLOW_TRACKING_PASSWORD is the place for it)."""
+    import re
     import shlex
 
-    return shlex.join(["ratsweep", *args.argv] + ([] if args.resume else ["--resume"]))
+    masked = [re.sub(r"(://[^/:@\s]+):[^@/\s]+@", r"\1:***@", arg) for arg in args.argv]
+    return shlex.join(["ratsweep", *masked] + ([] if args.resume else ["--resume"]))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweeps of a search space (a YAML path or a bundled name) with Ray Tune, tracked in MLflow."""
-    import os
     import signal
 
     spaces = _load(args)  # every document valid before anything starts
@@ -145,8 +148,12 @@ def server(args: argparse.Namespace) -> int:
     """Start a team's MLflow tracking server on a PostgreSQL store (checked first), bound to 127.0.0.1 unless told otherwise."""
     from ratsweep.sweep import server as tracking_server
 
+    from ratsweep.errors import UserError
+
+    if not args.backend_store_uri:
+        raise UserError("--backend-store-uri: expected postgresql://USER@HOST:PORT/DB, here or in MLFLOW_BACKEND_STORE_URI")
     tracking_server.serve(args.backend_store_uri, args.artifacts_destination, args.host, args.port, args.workers,
-                          args.allowed_hosts, args.db_pool)
+                          args.allowed_hosts, args.db_pool, args.auth, args.admin_password_file, args.default_permission)
     return 0
 
 
@@ -344,7 +351,6 @@ def report(args: argparse.Namespace) -> int:
 
 def submit(args: argparse.Namespace) -> int:
     """Submit `ratsweep run SPACE` to a Ray cluster as a job, with this machine's ratsweep code."""
-    import os
 
     from ratsweep.sweep import submit as submission
 
@@ -353,7 +359,8 @@ def submit(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     storage = args.storage or "~/ratsweep_results"
     run_args = [*(f"--set={pair}" for pair in args.set or []), *(["--smoke"] if args.smoke else [])]
-    run_args += [f"--tracking-uri={submission.lasting_uri(uri)}", f"--storage={submission.lasting_path(storage)}"]
+    shown_uri, credentials = submission.job_credentials(submission.lasting_uri(uri))  # credentials travel in the runtime env
+    run_args += [f"--tracking-uri={shown_uri}", f"--storage={submission.lasting_path(storage)}"]
     if args.data_dir:
         run_args.append(f"--data-dir={args.data_dir}")
     if args.max_concurrent:
@@ -364,7 +371,7 @@ def submit(args: argparse.Namespace) -> int:
         run_args.append("--keep-denormals")
     if args.resume:
         run_args.append("--resume")
-    job_id = submission.submit(args.address, args.space, run_args, args.working_dir, _resume_command(args))
+    job_id = submission.submit(args.address, args.space, run_args, args.working_dir, _resume_command(args), credentials)
     print(f"submitted job {job_id} to {args.address}")
     print(f"follow it:  ray job logs --follow --address {args.address} {job_id}")
     print(f"status:     ray job status --address {args.address} {job_id}")
@@ -459,7 +466,9 @@ def build_parser() -> OneLineParser:
     sub.add_argument("name", nargs="?", help="the dataset (ratsweep data, without it, lists them)")
     sub.add_argument("--dir", default="data", help="where to put it; ratsweep run's --data-dir (default: ./data)")
     sub = command(server)
-    sub.add_argument("--backend-store-uri", required=True, help="postgresql://USER[:PASSWORD]@HOST:PORT/DB (the runs)")
+    sub.add_argument("--backend-store-uri", default=os.environ.get("MLFLOW_BACKEND_STORE_URI"),
+                     help="postgresql://USER@HOST:PORT/DB (the runs; default: MLFLOW_BACKEND_STORE_URI); the password from "
+                     "PGPASSWORD or ~/.pgpass (mode 600), never on the command line")
     sub.add_argument("--artifacts-destination", required=True, help="where artifacts go (a shared folder, s3://...); "
                      "clients upload through the server")
     sub.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; 0.0.0.0 for a team)")
@@ -470,6 +479,14 @@ def build_parser() -> OneLineParser:
                      "and as many more at peaks, for the runs and again for the model registry; workers x 4 x db-pool must fit "
                      "the database's max_connections")
     sub.add_argument("--allowed-hosts", help="host names clients use to reach it (MLflow 3 refuses others)")
+    sub.add_argument("--auth", action=argparse.BooleanOptionalAction, default=None,
+                     help="users sign in (MLflow's basic-auth app; clients set MLFLOW_TRACKING_USERNAME/PASSWORD); "
+                     "default: on whenever --host is not 127.0.0.1; --no-auth serves anyone who reaches the port")
+    sub.add_argument("--admin-password-file", metavar="FILE", help="the admin user's password (mode 600; default: "
+                     "MLFLOW_AUTH_ADMIN_PASSWORD); set once, when the server first starts on a database")
+    sub.add_argument("--default-permission", choices=("READ", "EDIT", "MANAGE", "NO_PERMISSIONS"), default="READ",
+                     help="what users may do in experiments others created (default: READ; EDIT lets a team log to each "
+                     "other's sweeps)")
     sub = command(sync)
     sub.add_argument("target", help="a sweep's Tune folder (printed by ratsweep run), its mlflow_outbox.json, or a sweep name")
     sub.add_argument("--storage", default="ratsweep_results", help="where to look for a sweep name (default: ./ratsweep_results)")

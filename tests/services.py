@@ -118,11 +118,13 @@ class Postgres:
 
 
 class MlflowServer:
-    """`mlflow server` on a free port: on PostgreSQL through `ratsweep server` when given its URI, else
-    on a SQLite file in `folder`; artifacts in `folder`. stop() and start() again keep both."""
+    """`mlflow server` on a free port: on PostgreSQL through `ratsweep server` when given its URI (with
+    `args` and `env` added to its command line and environment), else on a SQLite file in `folder`;
+    artifacts in `folder`. stop() and start() again keep both."""
 
-    def __init__(self, folder: Path, postgres: str | None = None, workers: int = 1):
-        self.folder, self.postgres, self.workers = folder, postgres, workers
+    def __init__(self, folder: Path, postgres: str | None = None, workers: int = 1, args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None):
+        self.folder, self.postgres, self.workers, self.args, self.env = folder, postgres, workers, args, env or {}
         self.port, self.proc = free_port(), None
         self.uri = f"http://127.0.0.1:{self.port}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -130,14 +132,14 @@ class MlflowServer:
     def command(self) -> list[str]:
         common = ["--artifacts-destination", str(self.folder / "artifacts"), "--port", str(self.port), "--workers", str(self.workers)]
         if self.postgres:
-            return [sys.executable, "-m", "ratsweep", "server", "--backend-store-uri", self.postgres, *common]
+            return [sys.executable, "-m", "ratsweep", "server", "--backend-store-uri", self.postgres, *common, *self.args]
         return [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--backend-store-uri",
                 f"sqlite:///{self.folder / 'server.db'}", *common]
 
     def start(self) -> MlflowServer:
         with open(self.folder / "server.log", "a") as log:
             self.proc = subprocess.Popen(self.command(), cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env={**os.environ, "PYTHONPATH": str(REPO)})
+                                         env={**os.environ, **self.env, "PYTHONPATH": str(REPO)})
         deadline = time.time() + 90
         while time.time() < deadline and self.proc.poll() is None:
             try:

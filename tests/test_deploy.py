@@ -67,7 +67,8 @@ def test_the_cluster_config_passes_rays_schema_and_points_nodes_at_storage_track
     assert install[1] in extras and extras[install[1]][0].startswith("cupy")  # the CUDA kernels' CuPy on GPU nodes
     assert "mount -t nfs4" in setup and "/shared" in setup
     assert "export MLFLOW_TRACKING_URI=http://MLFLOW_HOST:5000" in setup
-    assert "export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(cat ~/ratsweep_auth_token)" in setup
+    assert "echo 'export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(cat ~/ratsweep_auth_token)' >> ~/.bashrc" in setup  # not the token itself
+    assert "chmod 600 ~/ratsweep_auth_token" in setup
     assert "~/ratsweep_auth_token" in CLUSTER["file_mounts"]
 
 
@@ -87,22 +88,33 @@ def test_the_readme_starts_the_nodes_as_the_cluster_config_and_the_tests_do():
     submit = flags(next(c for c in commands if c.startswith("ratsweep submit")))
     assert submit["--address"] == f"http://HEAD:{head['--dashboard-port']}" and worker["--address"] == f"HEAD:{head['--port']}"
     assert any(c.startswith("export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=") for c in commands)
+    # the token file is created private (umask 077), here and in the cluster config's instructions
+    assert any(c.startswith("(umask 077;") and "> ~/.ratsweep/ray_auth_token" in c for c in commands)
+    assert "(umask 077; mkdir -p ~/.ratsweep;" in (REPO / "deploy" / "ray-cluster.yaml").read_text()
 
 
 def test_the_compose_file_runs_ratsweep_servers_command_on_the_readmes_ports_and_images():
     services = COMPOSE["services"]
     postgres, mlflow = services["postgres"], services["mlflow"]
     shell = mlflow["command"][-1]
-    install, run = shell.split("&&")
+    install, config, secret_key, run = shell.split("&&")
     words = shlex.split(run.strip())
     assert words[0] == "exec"
-    backend = "postgresql+psycopg2://mlflow:$${MLFLOW_DB_PASSWORD}@postgres:5432/mlflow"
-    expected = server.command(backend, "/mlartifacts", "0.0.0.0", 5000, 2, "$${MLFLOW_ALLOWED_HOSTS}")
-    assert words[1:] == ["mlflow", *expected[3:]]  # ratsweep server's argv after `python -m mlflow`
-    assert "psycopg2-binary" in install and "mlflow==" in install
-    env = postgres["environment"]
-    assert (env["POSTGRES_USER"], env["POSTGRES_DB"]) == ("mlflow", "mlflow") and "5432" in backend
-    assert mlflow["ports"] == ["5000:5000"] and "artifacts:/mlartifacts" in mlflow["volumes"]
+    expected = server.command("/mlartifacts", "0.0.0.0", 5000, 2, "$${MLFLOW_ALLOWED_HOSTS}", auth=True)
+    assert words[1:] == ["mlflow", *expected[3:]]  # ratsweep server's argv after `python -m mlflow`: no secret in it
+    assert "psycopg2-binary" in install and "mlflow[auth]==" in install
+    # no password on any command line: libpq reads PGPASSWORD, MLflow the admin's from its own variable
+    env = mlflow["environment"]
+    assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg2://mlflow@postgres:5432/mlflow"
+    assert env["PGPASSWORD"].startswith("${MLFLOW_DB_PASSWORD:?") and env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
+    assert "PASSWORD" not in shell.replace("MLFLOW_AUTH_CONFIG_PATH", "")
+    # the auth config: what ratsweep server writes, the database the runs' (users beside the runs)
+    assert 'database_uri = %s' in config and '"$${MLFLOW_BACKEND_STORE_URI}"' in config and "default_permission = READ" in config
+    assert "MLFLOW_FLASK_SERVER_SECRET_KEY" in secret_key and "token_hex" in secret_key
+    assert services["tls"]["profiles"] == ["tls"] and "reverse-proxy" in services["tls"]["command"]
+    pg_env = postgres["environment"]
+    assert (pg_env["POSTGRES_USER"], pg_env["POSTGRES_DB"]) == ("mlflow", "mlflow") and ":5432/" in env["MLFLOW_BACKEND_STORE_URI"]
+    assert mlflow["ports"] == ["${MLFLOW_BIND:-0.0.0.0}:5000:5000"] and "artifacts:/mlartifacts" in mlflow["volumes"]
     assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
 
     commands, section = readme_cluster_commands(), readme_section()

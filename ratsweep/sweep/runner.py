@@ -209,8 +209,11 @@ def run_sweep(space: Space, options: RunOptions) -> SweepOutcome:
         try:
             experiment_id = tracking.ensure_experiment(client, space.name, uri, space)
             parent = tracking.start_sweep_run(client, experiment_id, space, sweep_id, options.smoke)
-        except BaseException:
+        except BaseException as e:
             path.rmdir()  # still empty: no sweep began
+            refused = tracking.refusal(e, uri)  # e.g. a read-only user: one line naming the variables
+            if refused is not None:
+                raise refused from None
             raise
         tuner = _new_tuner(space, options, trainable, storage, sweep_id, tracking.MlflowTracking(uri, experiment_id, parent, space, path,
                                                                                             sweep_id, options.smoke))

@@ -12,7 +12,10 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import stat
+import sys
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import yaml
@@ -20,7 +23,7 @@ import yaml
 from ..rational._native import kernels_dir
 from ..errors import UserError
 from .space import bundled_dir, documents_of, extended, resolve
-from .tracking import sqlite_file
+from .tracking import CREDENTIALS, sqlite_file
 
 EXCLUDES = [".git", ".venv", "venv", "mlruns*", "ratsweep_results", "data", "__pycache__", "*.pyc"]
 
@@ -44,6 +47,33 @@ def lasting_uri(uri: str | None) -> str:
     if db is not None and not db.is_absolute():
         raise UserError(f"--tracking-uri: expected an absolute SQLite path (sqlite:////path/mlruns.db) for a job, got {uri!r}")
     return uri
+
+
+def job_credentials(uri: str) -> tuple[str, dict[str, str]]:
+    """(the tracking URI as the job's command line may show it, the environment variables that carry
+    who the job logs as): MLflow's credential variables of this shell, and a user and password
+    written into the URI moved out of it (a job's command line is listed to everyone with the token)."""
+    parts = urllib.parse.urlsplit(uri)
+    carried = {name: os.environ[name] for name in (*CREDENTIALS, "MLFLOW_TRACKING_TOKEN") if os.environ.get(name)}
+    if parts.username is None:
+        return uri, carried
+    carried |= {CREDENTIALS[0]: urllib.parse.unquote(parts.username)}
+    if parts.password is not None:
+        carried[CREDENTIALS[1]] = urllib.parse.unquote(parts.password)
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), carried
+
+
+TOKEN_FILES = ("~/.ratsweep/ray_auth_token", "~/.ray/auth_token")  # the README's, and Ray's own default
+
+
+def warn_open_token_files() -> None:
+    """A warning for each Ray token file that users other than its owner can read."""
+    for name in (os.environ.get("RAY_AUTH_TOKEN_PATH"), *TOKEN_FILES):
+        path = Path(name).expanduser() if name else None
+        if path is not None and path.is_file() and path.stat().st_mode & 0o077:
+            print(f"ratsweep submit: warning: the Ray token file {path} is readable by other users (mode "
+                  f"{stat.filemode(path.stat().st_mode)}): chmod 600 {path}", file=sys.stderr, flush=True)
 
 
 def lasting_path(storage: str) -> str:
@@ -85,13 +115,17 @@ RESUME_HINT_VAR = "RATSWEEP_RESUME_COMMAND"
 STOP_WAIT_S = 120
 
 
-def submit(address: str, space: str, run_args: list[str], working_dir: str = ".", resume_command: str = "") -> str:
+def submit(address: str, space: str, run_args: list[str], working_dir: str = ".", resume_command: str = "",
+           secrets: dict[str, str] | None = None) -> str:
+    """The job's id. `secrets`: environment variables the job gets through its runtime env (never
+    its command line)."""
     from ray.job_submission import JobSubmissionClient  # noqa: PLC0415
 
+    warn_open_token_files()
     with tempfile.TemporaryDirectory(prefix="ratsweep-submit-") as tmp:
         package = stage_package(Path(tmp))
         command = shlex.join([*ENTRYPOINT, "run", stage_space(space, package), *run_args])
-        env_vars = {"RAY_JOB_STOP_WAIT_TIME_S": os.environ.get("RAY_JOB_STOP_WAIT_TIME_S", str(STOP_WAIT_S))}
+        env_vars = {"RAY_JOB_STOP_WAIT_TIME_S": os.environ.get("RAY_JOB_STOP_WAIT_TIME_S", str(STOP_WAIT_S)), **(secrets or {})}
         if resume_command:
             env_vars[RESUME_HINT_VAR] = resume_command
         try:

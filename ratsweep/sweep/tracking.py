@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import math
 import os
+import re
 import shlex
 import sqlite3
 import subprocess
@@ -23,6 +24,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import cloudpickle
 from ray.tune import Callback
@@ -60,11 +62,46 @@ def tracking_uri(explicit: str | None = None) -> str:
     return uri if db is None or db.is_absolute() else f"sqlite:///{os.path.abspath(db)}"
 
 
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")  # MLflow's own: its client sends them
+_warned_plain: set[str] = set()
+
+
+def refusal(error: Exception, uri: str) -> UserError | None:
+    """A one-line UserError for a server refusing who asks (401: no or wrong credentials, 403: no
+    permission), naming the variables that say who asks; None for any other error."""
+    status = error.get_http_status_code() if isinstance(error, MlflowException) else None
+    variables = " and ".join(CREDENTIALS)
+    if status == 401:
+        return UserError(f"--tracking-uri: {redacted(uri)} refused the credentials (401 Unauthorized): set {variables} "
+                         "(MLflow's own variables) to an account of that server")
+    if status == 403:
+        endpoint = re.search(r"endpoint (\S+)", str(error))
+        return UserError(f"--tracking-uri: {redacted(uri)} refused {os.environ.get(CREDENTIALS[0], 'this user')!r} "
+                         f"(403 Forbidden{' on ' + endpoint.group(1) if endpoint else ''}): ask the server's admin for "
+                         f"permission, or sign in as another user ({variables})")
+    return None
+
+
+def warn_if_credentials_travel_plain(uri: str) -> None:
+    """Once per server: a warning when credentials would go to a plain-HTTP server off this machine."""
+    parts = urllib.parse.urlsplit(uri)
+    credentials = parts.password is not None or any(os.environ.get(v) for v in (*CREDENTIALS, "MLFLOW_TRACKING_TOKEN"))
+    if parts.scheme == "http" and credentials and parts.hostname not in ("127.0.0.1", "localhost", "::1") \
+            and parts.hostname not in _warned_plain:
+        _warned_plain.add(parts.hostname)
+        print(f"ratsweep: warning: credentials go to http://{parts.hostname} unencrypted; serve MLflow behind TLS and use "
+              "https:// (docs/team.md)", file=sys.stderr, flush=True)
+
+
 def _probe(uri: str) -> None:
     """One query of the store (one try, outbox.WRITE_TIMEOUT_S at most), or a one-line UserError with MLflow's reason."""
+    warn_if_credentials_travel_plain(uri)
     try:
         client(uri).search_experiments(max_results=1)
     except Exception as e:  # MLflow raises several types for bad schemes, unreachable servers, auth, bad files
+        refused = refusal(e, uri)
+        if refused is not None:
+            raise refused from None
         raise UserError(f"--tracking-uri: cannot use MLflow store {redacted(uri)!r}: {reason(e).replace(uri, redacted(uri))}") from None
 
 
