@@ -10,6 +10,8 @@ replaced`, these models' default) unless `rational.init` names another.
 
 from __future__ import annotations
 
+import importlib
+
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Literal
@@ -144,13 +146,30 @@ def build(model: str, num_classes: int, **optional: Any) -> nn.Module:
 def version(model: str) -> dict[str, str]:
     """The param naming the installed version of the library that built `model` ({"timm_version": ...})."""
     library = model.partition(":")[0]
-    module = __import__(library)
-    return {f"{library}_version": module.__version__}
+    return {f"{library}_version": importlib.import_module(library).__version__}
 
 
 def class_name(cls: type) -> str:
     """torch.ReLU, timm.GELU: the class with its package, as swap counts are logged."""
     return f"{cls.__module__.partition('.')[0]}.{cls.__name__}"
+
+
+def unswappable(model: nn.Module, config: SwapConfig, classes: dict[str, tuple[type[nn.Module], ...]],
+                sample: torch.Tensor) -> list[str]:
+    """Why nothing matched, from one forward on `sample`: activation functions its forward calls,
+    activation modules of kinds swap.from leaves out, matches swap.skip leaves out."""
+    functional, modules = activation_calls(model, sample)
+    reasons = []
+    if functional:
+        calls = ", ".join(f"{fn}() x {n}" for fn, n in functional.items())
+        reasons.append(f"its forward calls {calls} outside any module (functional activations cannot be swapped)")
+    others = {class_name(cls): n for cls, n in modules.items() if not issubclass(cls, Rational)}
+    if others:
+        reasons.append(f"its activation modules are {', '.join(f'{c} x {n}' for c, n in others.items())}")
+    covered = tuple(cls for kind in config.replace for cls in classes[kind])
+    if config.skip and count_activations(model, covered):
+        reasons.append(f"swap.skip {list(config.skip)} leaves out every match")
+    return reasons
 
 
 def swap(model: nn.Module, name: str, activation: str, rational: RationalConfig, config: SwapConfig,
@@ -188,16 +207,8 @@ def swap(model: nn.Module, name: str, activation: str, rational: RationalConfig,
         else:
             replace_activations(model, lambda kind=kind: make(kind), classes[kind], config.skip)
     if not counts:
-        functional, modules = activation_calls(model, sample)
-        covered = {cls for kind in config.replace for cls in classes[kind]}
-        others = {class_name(cls): n for cls, n in modules.items() if not issubclass(cls, Rational)}
-        calls = ", ".join(f"{fn}() x {n}" for fn, n in functional.items())
-        reasons = ([f"its forward calls {calls} outside any module (functional activations cannot be swapped)"]
-                   if functional else []) + \
-                  ([f"its activation modules are {', '.join(f'{c} x {n}' for c, n in others.items())}"] if others else []) + \
-                  ([f"swap.skip {list(config.skip)} leaves out every match"] if config.skip and count_activations(
-                      model, tuple(covered)) else [])
+        reasons = "; ".join(unswappable(model, config, classes, sample))
         raise ConfigError("swap.from", f"{name} has no {' | '.join(config.replace)} activation module to replace by "
-                                       f"{activation!r}" + (f": {'; '.join(reasons)}" if reasons else "")
+                                       f"{activation!r}" + (f": {reasons}" if reasons else "")
                                        + "; choose other kinds, another model, or activation: native")
     return counts
