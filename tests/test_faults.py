@@ -81,7 +81,7 @@ def test_validate_tells_every_mistake_of_every_document(tmp_path, capsys):
 
 def test_registered_names_get_a_suggestion(capsys):
     code, _, err = cli_exit(capsys, "validate", "cifar10_table1", "--set", "model=vgg9")
-    assert code == 2 and "config.model: expected one of vgg4, vgg8 (architectures of family 'cifar'), got 'vgg9' (did you mean 'vgg8'?)" in err
+    assert code == 2 and "config.model: expected one of vgg4, vgg8 (architectures of family 'cifar'), or timm:NAME, torchvision:NAME, got 'vgg9' (did you mean 'vgg8'?)" in err
     code, _, err = cli_exit(capsys, "data", "cifar1O")
     assert code == 2 and "did you mean 'cifar10'?" in err
     code, _, err = cli_exit(capsys, "describe", "digts")
