@@ -620,7 +620,8 @@ def test_run_as_a_ray_job_refuses_stores_in_the_jobs_temporary_folder(tmp_path, 
 )
 def test_submit_mistakes_are_one_line(tmp_path, args, expected):
     (tmp_path / "space.yaml").write_text(HEADER_SUBMIT)
-    env = {"MLFLOW_TRACKING_URI": ""}
+    # a home of its own: this machine's Ray token files (Ray writes ~/.ray/auth_token 0644) would add a warning line
+    env = {"MLFLOW_TRACKING_URI": "", "HOME": str(tmp_path)}
     proc = ratsweep(tmp_path, "submit", "space.yaml", "--address", f"http://127.0.0.1:{free_port()}", *args, env=env, check=False)
     assert proc.returncode == 2 and expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
