@@ -278,3 +278,20 @@ def test_validate_show_prints_the_merged_space(tmp_path, capsys):
     assert shown["name"] == "mine" and shown["experiment"] == "cifar10" and "extends" not in shown
     assert shown["config"]["model"] == "torchvision:resnet18" and "model" not in shown["search_space"]
     assert shown["search_space"]["seed"] == {"grid": [0, 1, 2, 3, 4]}
+
+
+def test_extends_with_a_list_replaces_the_search_space_and_null_drops_the_constants(tmp_path):
+    write(tmp_path, HEADER + "config: {steps: 5, report_every: 5}\nsearch_space: {activation: {grid: [relu, gelu]}}\n", "base.yaml")
+    child = write(tmp_path, textwrap.dedent("""\
+        extends: base.yaml
+        name: replaced
+        config: null
+        search_space:
+          - {activation: {grid: [relu]}, steps: {grid: [3]}}
+          - {activation: {grid: [rational]}, steps: {grid: [4]}}
+        """), "child.yaml")
+    [space] = load(str(child))
+    assert space.config == {} and [part["steps"].values for part in space.parts] == [(3,), (4,)]
+    keep = write(tmp_path, "extends: base.yaml\nname: kept\nsearch_space: [{steps: {grid: [3]}}]\n", "keep.yaml")
+    [space] = load(str(keep))
+    assert space.config == {"report_every": 5} and set(space.search_space) == {"steps"}  # steps searched now, not constant

@@ -333,10 +333,12 @@ def extended(path: Path, doc: Any, seen: tuple[Path, ...] = ()) -> Any:
     if not all(isinstance(v, dict) for v in (config or {}, base_config)) or not isinstance(searched or {}, (dict, list)):
         return {**base, **doc}  # not mappings: parse says what it expected
     config = {} if config is None else _flat(config)  # dotted, so rational: {degrees: ...} overrides rational.degrees
+    parts = [searched] if isinstance(searched, dict) else searched or []
+    searched_keys = {key for part in parts if isinstance(part, dict) for key in part}
     merged = _merge({k: v for k, v in base.items() if k not in ("config", "search_space")}, update)
-    merged["config"] = _merge({k: v for k, v in _flat(base_config).items() if k not in (searched or {})}, config)
-    if doc.get("config", {}) is None:  # config: null drops the base's constants
-        merged["config"] = {k: v for k, v in merged["config"].items() if k not in _flat(base_config)}
+    # config: null drops the base's constants; a key searched here is no longer one
+    kept = {} if doc.get("config", {}) is None else {k: v for k, v in _flat(base_config).items() if k not in searched_keys}
+    merged["config"] = _merge(kept, config)
     if isinstance(searched, list) or searched is None:
         merged["search_space"] = searched or {}
     else:  # added or overridden in every space of a union; a key made constant in config no longer searched
