@@ -146,9 +146,8 @@ def run(args: argparse.Namespace) -> int:
 
 def server(args: argparse.Namespace) -> int:
     """Start a team's MLflow tracking server on a PostgreSQL store (checked first), bound to 127.0.0.1 unless told otherwise."""
-    from ratsweep.sweep import server as tracking_server
-
     from ratsweep.errors import UserError
+    from ratsweep.sweep import server as tracking_server
 
     if not args.backend_store_uri:
         raise UserError("--backend-store-uri: expected postgresql://USER@HOST:PORT/DB, here or in MLFLOW_BACKEND_STORE_URI")

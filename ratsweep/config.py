@@ -322,7 +322,7 @@ def key_docs(cls, prefix: str = "", when: str = "") -> list[KeyDoc]:
 def _field_comments(cls) -> dict[str, str]:
     """`name: type = default  # comment` lines of the class's source (and its dataclass bases'), by config key."""
     out: dict[str, str] = {}
-    fields = _fields(cls)
+    keys_by_name = {f.name: key for key, f in _fields(cls).items()}
     for klass in cls.__mro__:  # a subclass that changes a default keeps its base's comment unless it has its own
         if not dataclasses.is_dataclass(klass):
             continue
@@ -332,9 +332,8 @@ def _field_comments(cls) -> dict[str, str]:
             continue
         for line in source.splitlines():
             match = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
-            key = next((k for k, f in fields.items() if f.name == (match and match.group(1))), None)
-            if key is not None:
-                out.setdefault(key, match.group(2).strip())
+            if match and match.group(1) in keys_by_name:
+                out.setdefault(keys_by_name[match.group(1)], match.group(2).strip())
     return out
 
 

@@ -11,7 +11,6 @@ replaced`, these models' default) unless `rational.init` names another.
 from __future__ import annotations
 
 import importlib
-
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Literal

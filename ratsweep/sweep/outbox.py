@@ -63,13 +63,16 @@ def reason(error: Exception) -> str:
     return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)[:300]
 
 
+def with_userinfo(parts: urllib.parse.SplitResult, userinfo: str = "") -> str:
+    """The split URI put back together with `userinfo` ("user", "user:***"; "" for none) before its host."""
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}@{host}" if userinfo else host))
+
+
 def redacted(uri: str) -> str:
     """The URI with any password replaced by ***: what may be printed or logged."""
     parts = urllib.parse.urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return uri if parts.password is None else with_userinfo(parts, f"{parts.username}:***")
 
 
 def writes(op: dict[str, Any]) -> Counter:

@@ -23,7 +23,7 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
-from .outbox import reason, redacted
+from .outbox import reason, redacted, with_userinfo
 from ..errors import UserError
 
 
@@ -68,8 +68,7 @@ def without_password(uri: str) -> tuple[str, str | None]:
     parts = urllib.parse.urlsplit(uri)
     if parts.password is None:
         return uri, None
-    netloc = f"{parts.username}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), urllib.parse.unquote(parts.password)
+    return with_userinfo(parts, parts.username), urllib.parse.unquote(parts.password)
 
 
 def private_text(path: str, option: str) -> str:

@@ -333,8 +333,8 @@ def extended(path: Path, doc: Any, seen: tuple[Path, ...] = ()) -> Any:
     if not all(isinstance(v, dict) for v in (config or {}, base_config)) or not isinstance(searched or {}, (dict, list)):
         return {**base, **doc}  # not mappings: parse says what it expected
     config = {} if config is None else _flat(config)  # dotted, so rational: {degrees: ...} overrides rational.degrees
-    parts = [searched] if isinstance(searched, dict) else searched or []
-    searched_keys = {key for part in parts if isinstance(part, dict) for key in part}
+    searched_keys = {key for part in ([searched] if isinstance(searched, dict) else searched or [])
+                     if isinstance(part, dict) for key in part}
     merged = _merge({k: v for k, v in base.items() if k not in ("config", "search_space")}, update)
     # config: null drops the base's constants; a key searched here is no longer one
     kept = {} if doc.get("config", {}) is None else {k: v for k, v in _flat(base_config).items() if k not in searched_keys}

@@ -23,6 +23,7 @@ import yaml
 from ..rational._native import kernels_dir
 from ..errors import UserError
 from .space import bundled_dir, documents_of, extended, resolve
+from .outbox import with_userinfo
 from .tracking import CREDENTIALS, sqlite_file
 
 EXCLUDES = [".git", ".venv", "venv", "mlruns*", "ratsweep_results", "data", "__pycache__", "*.pyc"]
@@ -60,8 +61,7 @@ def job_credentials(uri: str) -> tuple[str, dict[str, str]]:
     carried |= {CREDENTIALS[0]: urllib.parse.unquote(parts.username)}
     if parts.password is not None:
         carried[CREDENTIALS[1]] = urllib.parse.unquote(parts.password)
-    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), carried
+    return with_userinfo(parts), carried
 
 
 TOKEN_FILES = ("~/.ratsweep/ray_auth_token", "~/.ray/auth_token")  # the README's, and Ray's own default
